@@ -195,3 +195,22 @@ def test_derivations(data_dir):
     assert skipped == 14 and len(both) == 86  # 8 + 6 pairs where better != safer
     with pytest.raises(ValueError, match="unknown derivation"):
         derive(pairs, "sideways")
+
+
+def test_gzip_csv_with_bad_bytes_and_foreign_parquet(tmp_path):
+    csv_text = "prompt,response,category\nq1,a1,self_harm\nq2,a2,not_a_key\n".encode() + b"q3,\xff\xfe,self_harm\n"
+    path = tmp_path / "qa.csv.gz"
+    path.write_bytes(gzip.compress(csv_text))
+    loaded = load(str(path), strict=False)
+    assert (loaded.report.read, loaded.report.kept) == (3, 1)
+    assert [(r.line, r.field, r.reason.split(" ")[0]) for r in loaded.report.rejections] == [
+        (3, "category", "unknown"),
+        (4, "-", "invalid"),
+    ]
+    import pandas as pd
+
+    rows = [{"prompt": "p", "response": "r", "helpfulness": 3, "correctness": 2, "coherence": 4, "complexity": 1, "verbosity": 0}]
+    pd.DataFrame(rows * 3).to_parquet(tmp_path / "helpsteer.parquet")
+    hs = load(str(tmp_path / "helpsteer.parquet"))
+    assert hs.report.formats[str(tmp_path / "helpsteer.parquet")] == "helpsteer" and hs.report.duplicates == 2
+    assert hs.records[0].attributes() == (3.0, 2.0, 4.0, 1.0, 0.0)

@@ -68,6 +68,8 @@ def iter_rows(source: RowSource) -> Iterator[RawRow]:
         return
     data = _read_bytes(path)
     if not data.strip():
+        if isinstance(data, _Truncated):
+            raise DataError(f"{path}: truncated gzip: the compressed stream ends before any record")
         raise DataError(f"{path}: file is empty (no records)")
     if source.kind == "csv":
         yield from _csv_rows(data)
@@ -80,8 +82,8 @@ def iter_rows(source: RowSource) -> Iterator[RawRow]:
 def _read_bytes(path: Path) -> bytes:
     """The file's bytes, gunzipped when it is gzip (by magic number, not by name).
 
-    A truncated gzip keeps what could be decompressed; a marker error row is added by
-    `_truncation_row` through the returned data's attribute-free sentinel below.
+    A truncated gzip returns what could be decompressed as `_Truncated`, and the readers
+    add one rejected row that says where the data stops.
     """
     raw = path.read_bytes()
     if raw[:2] != b"\x1f\x8b":

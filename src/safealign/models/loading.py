@@ -1,0 +1,74 @@
+"""Load models and tokenizers by alias, local folder or hub id.
+
+torch and transformers are imported inside the functions so that importing
+`safealign.models` (e.g. by the CLI) stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from safealign.models.registry import resolve_model
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def to_torch_dtype(dtype: torch.dtype | str) -> torch.dtype | str:
+    """Map ``"float32"``/``"bfloat16"``/... to a torch dtype; ``"auto"`` passes through."""
+    import torch
+
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"Unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16' or 'auto'.")
+    return resolved
+
+
+def load_causal_lm(
+    name_or_path: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype | str = "float32",
+    cache_dir: str | Path | None = None,
+    **kwargs: Any,
+) -> PreTrainedModel:
+    """Load a causal LM via `resolve_model` and ``AutoModelForCausalLM``.
+
+    `dtype` defaults to float32 (CPU-friendly, deterministic); pass ``"auto"``
+    to keep the checkpoint's own dtype. Extra kwargs go to ``from_pretrained``.
+    """
+    path = resolve_model(name_or_path, cache_dir)  # fail fast, before the heavy import
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=to_torch_dtype(dtype), **kwargs)
+
+
+def load_encoder(
+    name_or_path: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype | str = "float32",
+    cache_dir: str | Path | None = None,
+    **kwargs: Any,
+) -> PreTrainedModel:
+    """Load a bare encoder (e.g. ``minilm``) via `resolve_model` and ``AutoModel``."""
+    path = resolve_model(name_or_path, cache_dir)
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(path, dtype=to_torch_dtype(dtype), **kwargs)
+
+
+def load_tokenizer(
+    name_or_path: str | os.PathLike[str],
+    *,
+    cache_dir: str | Path | None = None,
+    **kwargs: Any,
+) -> PreTrainedTokenizerBase:
+    """Load the tokenizer that goes with `name_or_path` via ``AutoTokenizer``."""
+    path = resolve_model(name_or_path, cache_dir)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, **kwargs)
