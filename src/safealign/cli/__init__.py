@@ -5,7 +5,9 @@ from __future__ import annotations
 import typer
 
 from safealign.cli import data as data_cli
+from safealign.cli import evaluate as evaluate_cli
 from safealign.cli import models as models_cli
+from safealign.cli import train as train_cli
 
 app = typer.Typer(
     name="safealign",
@@ -16,6 +18,8 @@ app = typer.Typer(
 )
 app.add_typer(data_cli.app, name="data", help="Validate, describe and convert preference data.")
 app.add_typer(models_cli.app, name="models", help="Install and resolve offline models.")
+app.add_typer(train_cli.app, name="train", help="Train reward, cost and attribute models.")
+app.add_typer(evaluate_cli.app, name="eval", help="Evaluate models.")
 
 
 def main() -> None:

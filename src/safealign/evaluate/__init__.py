@@ -1,0 +1,1 @@
+"""Evaluation of score models and policies."""

@@ -1,0 +1,1 @@
+"""Training: one loop (accelerate) shared by every algorithm, plus a small task per algorithm."""

@@ -1,0 +1,265 @@
+"""The one training loop: accelerate, accumulation, schedule, evaluation, checkpoints, resume.
+
+An algorithm hands the loop a `Task` (model, examples, collate, loss, per-example eval
+values, export). The loop owns everything else, so every algorithm gets the same
+behaviour: seeded length-grouped batches sharded over processes (one process and two
+see the same global batches), resumable checkpoints (model, optimizer, scheduler, RNG
+states and the data position), metrics with fixed names, and a stop with a clear message
+on NaN/Inf (the last good checkpoint stays).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import Tensor, nn
+
+from safealign.train.batching import epoch_batches, micro_batches, shard
+from safealign.train.config import LoopConfig
+from safealign.train.metrics import MetricsLogger
+
+Batch = dict[str, Any]
+STATE_FILE = "trainer_state.json"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (NaN/Inf, no data); the message says why and what was kept."""
+
+
+@dataclass
+class Task:
+    """What the loop needs from an algorithm."""
+
+    model: nn.Module
+    train_examples: Sequence[Any]
+    eval_examples: Sequence[Any]
+    lengths: Sequence[int]  # tokens per training example, for length grouping
+    collate: Callable[[list[Any]], Batch]
+    loss: Callable[[nn.Module, Batch], tuple[Tensor, dict[str, Tensor]]]  # loss, batch-mean metrics
+    evaluate: Callable[[nn.Module, Batch], dict[str, Tensor]]  # per-example values, size = (N,)
+    export: Callable[[nn.Module, Path], None]  # write the final model folder
+    summarize: Callable[[dict[str, list[float]]], dict[str, float]] | None = None
+
+
+def train(task: Task, cfg: LoopConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
+    """Run (or resume) training; returns the final evaluation metrics."""
+    acc = accelerator or make_accelerator(cfg)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    out = Path(cfg.output_dir)
+    world = acc.num_processes
+    global_batch = cfg.per_device_batch_size * world * cfg.gradient_accumulation_steps
+    steps_per_epoch = len(task.train_examples) // global_batch
+    if steps_per_epoch == 0:
+        raise TrainingError(
+            f"{len(task.train_examples)} training examples do not fill one global batch of {global_batch} "
+            f"(per_device_batch_size × processes × gradient_accumulation_steps)"
+        )
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    optimizer = torch.optim.AdamW(_param_groups(task.model, cfg.weight_decay), lr=cfg.learning_rate)
+    scheduler = _scheduler(optimizer, cfg, total)
+    model, optimizer = acc.prepare(task.model, optimizer)
+    # Stepped by hand, not prepared: accelerate would step it once per process.
+    acc.register_for_checkpointing(scheduler)
+
+    start = _resume(acc, out) if cfg.resume else 0
+    logger = MetricsLogger(out, resume_step=start, enabled=acc.is_main_process)
+    if start and acc.is_main_process:
+        print(f"resumed from step {start} of {total}")
+    evaluate = lambda: _evaluate(task, model, acc, cfg)  # noqa: E731
+    batches: list[list[int]] = []
+    epoch_cached = -1
+    last_eval: dict[str, float] = {}
+    progress = _progress(acc, total, start)
+    with progress:
+        task_id = progress.add_task("train", total=total, completed=start)
+        for step in range(start + 1, total + 1):
+            epoch, position = divmod(step - 1, steps_per_epoch)
+            if epoch != epoch_cached:
+                batches = epoch_batches(task.lengths, global_batch, cfg.seed, epoch, cfg.group_by_length)
+                epoch_cached = epoch
+            mine = shard(batches[position], acc.process_index, world)
+            metrics = _step(task, model, optimizer, scheduler, acc, cfg, mine, step, out)
+            metrics["train/epoch"] = epoch + (position + 1) / steps_per_epoch
+            if step % cfg.log_every == 0 or step == total:
+                logger.log(step, metrics)
+            progress.update(task_id, advance=1, description=f"loss {metrics['train/loss']:.4f}")
+            if cfg.eval_every and step % cfg.eval_every == 0 and step != total and task.eval_examples:
+                last_eval = evaluate()
+                logger.log(step, last_eval)
+                _print(acc, step, last_eval)
+            if cfg.save_every and step % cfg.save_every == 0 and step != total:
+                save_checkpoint(acc, out, step, cfg.keep_checkpoints)
+    if task.eval_examples:
+        last_eval = evaluate()
+        logger.log(total, last_eval)
+        _print(acc, total, last_eval)
+    if start < total:
+        save_checkpoint(acc, out, total, cfg.keep_checkpoints)
+    if acc.is_main_process:
+        task.export(acc.unwrap_model(model), out / "model")
+        (out / "final_metrics.json").write_text(json.dumps({"step": total, **last_eval}, indent=2))
+    logger.close()
+    acc.wait_for_everyone()
+    return last_eval
+
+
+def make_accelerator(cfg: LoopConfig) -> Accelerator:
+    """An Accelerator for this machine; several CPU processes (torchrun) talk over gloo."""
+    distributed_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=distributed_cpu)
+
+
+def _step(task: Task, model: nn.Module, optimizer, scheduler, acc: Accelerator, cfg: LoopConfig,
+          indices: list[int], step: int, out: Path) -> dict[str, float]:
+    chunks = micro_batches(indices, cfg.per_device_batch_size)
+    sums: dict[str, Tensor] = {}
+    tokens = 0
+    started = time.perf_counter()
+    model.train()
+    for i, chunk in enumerate(chunks):
+        batch = _to_device(task.collate([task.train_examples[j] for j in chunk]), acc.device)
+        tokens += int(batch.get("num_tokens", 0))
+        # Gradients are all-reduced once per optimizer step, on the last micro-batch.
+        sync = nullcontext() if i == len(chunks) - 1 else acc.no_sync(model)
+        with sync, acc.autocast():
+            loss, extra = task.loss(model, batch)
+        acc.backward(loss / len(chunks))
+        for key, value in {"train/loss": loss, **extra}.items():
+            sums[key] = sums.get(key, 0) + value.detach().float() / len(chunks)
+    grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+    reduced = {k: acc.reduce(v.reshape(1), "mean").item() for k, v in sums.items()}
+    if not math.isfinite(reduced["train/loss"]) or not math.isfinite(float(grad_norm)):
+        what = "loss" if not math.isfinite(reduced["train/loss"]) else "gradient norm"
+        kept = latest_checkpoint(out)
+        raise TrainingError(
+            f"step {step}: the {what} is not finite (NaN/Inf); training stopped. "
+            + (f"The last good checkpoint is {kept}." if kept else "No checkpoint was saved yet.")
+            + " Try a lower learning_rate, mixed_precision: no, or check the data."
+        )
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - started
+    reduced["train/grad_norm"] = float(grad_norm)
+    reduced["train/lr"] = scheduler.get_last_lr()[0]
+    if tokens:
+        reduced["train/tokens_per_second"] = acc.reduce(torch.tensor([float(tokens)], device=acc.device), "sum").item() / seconds
+    return reduced
+
+
+@torch.no_grad()
+def _evaluate(task: Task, model: nn.Module, acc: Accelerator, cfg: LoopConfig) -> dict[str, float]:
+    model.eval()
+    mine = list(range(acc.process_index, len(task.eval_examples), acc.num_processes))
+    values: dict[str, list[float]] = {}
+    for chunk in micro_batches(mine, cfg.per_device_batch_size):
+        batch = _to_device(task.collate([task.eval_examples[j] for j in chunk]), acc.device)
+        with acc.autocast():
+            for key, tensor in task.evaluate(model, batch).items():
+                values.setdefault(key, []).extend(tensor.float().cpu().tolist())
+    if acc.num_processes > 1:
+        gathered = gather_object([values])
+        values = {k: [v for part in gathered for v in part.get(k, [])] for k in gathered[0]}
+    if task.summarize is not None:
+        return task.summarize(values)
+    return {key: _nanmean(vals) for key, vals in values.items()}
+
+
+def _nanmean(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
+def save_checkpoint(acc: Accelerator, out: Path, step: int, keep: int) -> Path:
+    """Save model, optimizer, scheduler and RNG states; the state file is written last.
+
+    The checkpoint is written into a temporary folder and renamed, so a run killed while
+    saving never leaves a half-written checkpoint that looks complete.
+    """
+    root = out / "checkpoints"
+    tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step}))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in _checkpoints(out)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+    return final
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint in a run folder, if any."""
+    found = _checkpoints(out)
+    return found[-1] if found else None
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return []
+    done = [p for p in root.glob("step-*") if (p / STATE_FILE).is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _resume(acc: Accelerator, out: Path) -> int:
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is None:
+        return 0
+    acc.load_state(str(checkpoint))
+    return json.loads((checkpoint / STATE_FILE).read_text())["step"]
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, cfg: LoopConfig, total: int):
+    from transformers import get_scheduler
+
+    name = "constant_with_warmup" if cfg.lr_scheduler == "constant" else cfg.lr_scheduler
+    return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total)
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def _progress(acc: Accelerator, total: int, start: int) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not acc.is_main_process,
+        transient=False,
+    )
+
+
+def _print(acc: Accelerator, step: int, metrics: dict[str, float]) -> None:
+    if acc.is_main_process:
+        shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        print(f"step {step}: {shown}", flush=True)

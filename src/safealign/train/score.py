@@ -1,0 +1,251 @@
+"""Reward, cost and multi-attribute score models: one config, three small tasks on the shared loop.
+
+- reward: Bradley–Terry on helpfulness preferences (dual pairs by `better_response_id`,
+  single preferences as given);
+- cost: the Safe RLHF cost loss on harmlessness preferences (dual pairs by
+  `safer_response_id` with their safety labels as sign terms; single preferences such as
+  HH-RLHF harmless pairs as safer-vs-less-safe without sign terms);
+- attributes: masked regression of the five HelpSteer attributes, one head output each.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from accelerate.utils import set_seed
+from torch import Tensor, nn
+
+from safealign.config import ConfigError
+from safealign.data.derive import pair_to_preference
+from safealign.data.errors import DataError
+from safealign.data.load import load, split_train_validation
+from safealign.data.records import ATTRIBUTES, AttributeRecord, DualPreferencePair, PreferencePair, Record, dialogue
+from safealign.losses import bradley_terry_loss, cost_loss, masked_regression_loss
+from safealign.models.score import LoraSettings, ScoreModel, load_score_tokenizer
+from safealign.models.template import encode_dialogue
+from safealign.train.batching import pad
+from safealign.train.config import LoopConfig
+from safealign.train.loop import Task, train
+
+Kind = Literal["reward", "cost", "attributes"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class ScoreTrainConfig(LoopConfig):
+    """Training a reward, cost or attribute model (every loop setting applies too)."""
+
+    model: str = ""
+    """Base model: an offline alias (smollm2-135m-instruct, minilm), a local folder or a hub id."""
+    data: list[str] = field(default_factory=list)
+    """Training data: PATH_OR_NAME[@REVISION][#SPLIT][:PROPORTION] entries, mixed."""
+    eval_data: list[str] = field(default_factory=list)
+    """Evaluation data; when empty, validation_split of data is held out (by prompt)."""
+    validation_split: float = 0.1
+    """Share of data held out for evaluation when eval_data is empty."""
+    format: str | None = None
+    """Source format for every data entry (detected when None)."""
+    skip_invalid: bool = False
+    """Go on past bad records (they are counted and reported) instead of stopping."""
+    regularization: float = 0.001
+    """μ of the μ·mean(score²) term (reward and cost losses)."""
+    lora: LoraSettings | None = None
+    """LoRA adapters on the backbone (r, alpha, dropout, target_modules); None trains all weights."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Weights dtype of the backbone."""
+    normalize_scores: bool = False
+    """After training, store the mean/std of training scores with the model and output normalised scores."""
+
+    def validate(self) -> None:
+        """Check settings once, early."""
+        super().validate()
+        if not self.model:
+            raise ConfigError("model: required (an alias, a folder or a hub id)")
+        if not self.data:
+            raise ConfigError("data: required (one or more PATH_OR_NAME[:PROPORTION])")
+        if not 0 <= self.validation_split < 1:
+            raise ConfigError(f"validation_split: must be in [0, 1), got {self.validation_split}")
+
+
+def train_score_model(cfg: ScoreTrainConfig, kind: Kind) -> dict[str, float]:
+    """Load data, build the model and run the shared loop; returns final eval metrics."""
+    set_seed(cfg.seed)
+    train_records, eval_records = _records(cfg)
+    tokenizer = load_score_tokenizer(cfg.model)
+    names = list(ATTRIBUTES) if kind == "attributes" else [kind]
+    model = ScoreModel.from_base(
+        cfg.model, len(names), names, kind=kind, dtype=DTYPES[cfg.dtype],
+        lora=cfg.lora, gradient_checkpointing=cfg.gradient_checkpointing,
+    )
+    build = _attribute_examples if kind == "attributes" else _pair_examples
+    train_examples = build(train_records, kind, tokenizer, cfg.max_length)
+    eval_examples = build(eval_records, kind, tokenizer, cfg.max_length)
+    print(f"{kind} model: {len(train_examples)} training and {len(eval_examples)} evaluation examples", flush=True)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump({"kind": kind, **asdict(cfg)}, sort_keys=False))
+    pad_id = tokenizer.pad_token_id
+
+    def export(model: nn.Module, folder: Path) -> None:
+        if cfg.normalize_scores:
+            _fit_normalizer(model, train_examples, pad_id, cfg.per_device_batch_size)
+        model.save_pretrained(folder, tokenizer)
+
+    task = Task(
+        model=model,
+        train_examples=train_examples,
+        eval_examples=eval_examples,
+        lengths=[e["length"] for e in train_examples],
+        collate=lambda batch: collate(batch, pad_id),
+        loss=_LOSSES[kind](cfg.regularization),
+        evaluate=_EVALS[kind],
+        export=export,
+    )
+    return train(task, cfg)
+
+
+def _records(cfg: ScoreTrainConfig) -> tuple[list[Record], list[Record]]:
+    loaded = load(cfg.data, cfg.format, strict=not cfg.skip_invalid, seed=cfg.seed)
+    report = loaded.report
+    print(f"data: read {report.read} | kept {report.kept} | rejected {report.rejected}", flush=True)
+    if cfg.eval_data:
+        return loaded.records, load(cfg.eval_data, cfg.format, strict=not cfg.skip_invalid).records
+    return split_train_validation(loaded.records, cfg.validation_split, cfg.seed)
+
+
+def _pair_examples(records: list[Record], kind: str, tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
+    """Pairs as (first, second) token ids where the first must score higher (reward) or lower (cost)."""
+    examples = []
+    for r in records:
+        if isinstance(r, DualPreferencePair):
+            first = r.better_response_id if kind == "reward" else r.safer_response_id
+            pair = pair_to_preference(r, "helpfulness" if kind == "reward" else "harmlessness")
+            signs = (_sign(r.is_safe(first)), _sign(r.is_safe(1 - first)))
+            cats = r.harm_categories(1 - first) + r.harm_categories(first)
+        elif isinstance(r, PreferencePair):
+            pair, signs, cats = r, (0, 0), ()
+        else:
+            raise DataError(f"{r.origin}: a {kind} model trains on preference pairs, not {r.record_type} records")
+        turns = dialogue(pair)
+        a = encode_dialogue(tokenizer, turns, pair.chosen, max_length)
+        b = encode_dialogue(tokenizer, turns, pair.rejected, max_length)
+        examples.append({"a": a, "b": b, "sign_a": signs[0], "sign_b": signs[1], "categories": cats, "length": max(len(a), len(b))})
+    return examples
+
+
+def _attribute_examples(records: list[Record], kind: str, tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
+    examples = []
+    for r in records:
+        if not isinstance(r, AttributeRecord):
+            raise DataError(f"{r.origin}: an attribute model trains on attribute records, not {r.record_type} records")
+        ids = encode_dialogue(tokenizer, dialogue(r), r.response, max_length)
+        values = r.attributes()
+        examples.append({
+            "a": ids,
+            "target": [0.0 if v is None else v for v in values],
+            "mask": [v is not None for v in values],
+            "length": len(ids),
+        })
+    return examples
+
+
+def _sign(is_safe: bool | None) -> int:
+    return 0 if is_safe is None else (-1 if is_safe else 1)
+
+
+def collate(batch: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Pairs go in one forward pass: rows [a_0..a_B, b_0..b_B], size = (2B, L)."""
+    sequences = [e["a"] for e in batch] + [e["b"] for e in batch if "b" in e]
+    input_ids, attention_mask = pad(sequences, pad_id)
+    out: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "num_tokens": int(attention_mask.sum())}
+    if "b" in batch[0]:
+        out["sign_a"] = torch.tensor([e["sign_a"] for e in batch], dtype=torch.float32)  # size = (B,)
+        out["sign_b"] = torch.tensor([e["sign_b"] for e in batch], dtype=torch.float32)
+    else:
+        out["target"] = torch.tensor([e["target"] for e in batch], dtype=torch.float32)  # size = (B, 5)
+        out["mask"] = torch.tensor([e["mask"] for e in batch], dtype=torch.bool)
+    return out
+
+
+def _pair_scores(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    scores = model(batch["input_ids"], batch["attention_mask"])[:, 0].float()  # size = (2B,)
+    half = scores.shape[0] // 2
+    return scores[:half], scores[half:]
+
+
+def _reward_loss(mu: float):
+    def loss(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        better, worse = _pair_scores(model, batch)
+        return bradley_terry_loss(better, worse, mu), {"train/accuracy": (better > worse).float().mean()}
+
+    return loss
+
+
+def _cost_loss(mu: float):
+    def loss(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        safer, unsafer = _pair_scores(model, batch)
+        value = cost_loss(safer, unsafer, batch["sign_a"], batch["sign_b"], mu)
+        return value, {"train/accuracy": (unsafer > safer).float().mean()}
+
+    return loss
+
+
+def _attribute_loss(mu: float):
+    def loss(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        predicted = model(batch["input_ids"], batch["attention_mask"]).float()
+        return masked_regression_loss(predicted, batch["target"], batch["mask"]), {}
+
+    return loss
+
+
+def _reward_eval(model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+    better, worse = _pair_scores(model, batch)
+    return {
+        "eval/accuracy": (better > worse).float(),
+        "eval/reward_better": better,
+        "eval/reward_worse": worse,
+        "eval/loss": -torch.nn.functional.logsigmoid(better - worse),
+    }
+
+
+def _cost_eval(model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+    safer, unsafer = _pair_scores(model, batch)
+    costs, signs = torch.cat([safer, unsafer]), torch.cat([batch["sign_a"], batch["sign_b"]])
+    sign_ok = ((costs > 0) == (signs > 0)).float()
+    return {
+        "eval/accuracy": (unsafer > safer).float(),
+        "eval/accuracy_sign": torch.where(signs != 0, sign_ok, torch.full_like(sign_ok, math.nan)),
+        "eval/cost_safer": safer,
+        "eval/cost_unsafer": unsafer,
+    }
+
+
+def _attribute_eval(model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+    predicted = model(batch["input_ids"], batch["attention_mask"]).float()
+    error = (predicted - batch["target"]).abs()
+    nan = torch.full_like(error, math.nan)
+    masked = torch.where(batch["mask"], error, nan)
+    out = {f"eval/mae_{name}": masked[:, i] for i, name in enumerate(ATTRIBUTES)}
+    out["eval/mae"] = masked.nanmean(dim=1)
+    return out
+
+
+_LOSSES = {"reward": _reward_loss, "cost": _cost_loss, "attributes": _attribute_loss}
+_EVALS = {"reward": _reward_eval, "cost": _cost_eval, "attributes": _attribute_eval}
+
+
+@torch.no_grad()
+def _fit_normalizer(model: nn.Module, examples: list[dict[str, Any]], pad_id: int, batch_size: int, limit: int = 2000) -> None:
+    """Running mean/std of the trained model's scores on (up to `limit`) training responses."""
+    model.eval()
+    sequences = [seq for e in examples for seq in (e["a"], e.get("b")) if seq is not None][:limit]
+    for start in range(0, len(sequences), batch_size):
+        ids, mask = pad(sequences[start : start + batch_size], pad_id)
+        device = next(model.parameters()).device
+        model.update_normalizer(model(ids.to(device), mask.to(device)).float())
+    model.normalized = True

@@ -1,0 +1,44 @@
+"""Config dataclasses: YAML, CLI overrides, types and errors that name the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from safealign.config import ConfigError, build_config, parse_overrides
+from safealign.train.score import ScoreTrainConfig
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: tiny\ndata: [a.jsonl, b.jsonl:0.5]\nlearning_rate: 1e-4\nlora:\n  r: 4\n")
+    cfg = build_config(ScoreTrainConfig, path, ["--learning-rate=3e-4", "--lora.alpha", "8", "--max_steps", "7", "--group_by_length"])
+    assert cfg.model == "tiny" and cfg.data == ["a.jsonl", "b.jsonl:0.5"]
+    assert cfg.learning_rate == 3e-4 and cfg.max_steps == 7 and cfg.group_by_length is True
+    assert (cfg.lora.r, cfg.lora.alpha) == (4, 8)
+    single = build_config(ScoreTrainConfig, None, ["--model", "m", "--data", "x.jsonl"])
+    assert single.data == ["x.jsonl"] and single.lora is None
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--model", "m", "--data", "x", "--learning_rat", "1"], "learning_rat: unknown field (did you mean learning_rate?)"),
+        (["--model", "m", "--data", "x", "--max_steps", "ten"], "max_steps: expected an integer, got 'ten'"),
+        (["--model", "m", "--data", "x", "--mixed_precision", "fp8"], "mixed_precision: must be one of no, bf16, fp16"),
+        (["--data", "x"], "model: required"),
+        (["--model", "m", "--data", "x", "--per_device_batch_size", "0"], "per_device_batch_size: must be at least 1"),
+        (["--model", "m", "--data", "x", "--lora.rank", "4"], "lora.rank: unknown field"),
+    ],
+)
+def test_errors_name_the_field(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        build_config(ScoreTrainConfig, None, overrides)
+    assert message in str(err.value)
+
+
+def test_override_syntax():
+    assert parse_overrides(["--a", "1", "--b=x", "--flag", "--c", "[1, 2]"]) == [("a", 1), ("b", "x"), ("flag", True), ("c", [1, 2])]
+    with pytest.raises(ConfigError, match="overrides look like --field value"):
+        parse_overrides(["stray"])
+    with pytest.raises(ConfigError, match="no such file"):
+        build_config(ScoreTrainConfig, "/nonexistent.yaml")
