@@ -42,3 +42,11 @@ def test_override_syntax():
         parse_overrides(["stray"])
     with pytest.raises(ConfigError, match="no such file"):
         build_config(ScoreTrainConfig, "/nonexistent.yaml")
+
+
+def test_shipped_configs_parse(data_dir):
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parents[1] / "configs").glob("*_smollm2.yaml")):
+        cfg = build_config(ScoreTrainConfig, path)
+        assert cfg.lora is not None and cfg.model == "smollm2-135m-instruct", path

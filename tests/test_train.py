@@ -162,3 +162,32 @@ def test_two_processes_match_one(tiny, tmp_path):
     wb = ScoreModel.from_pretrained(tmp_path / "two" / "model").state_dict()
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], atol=1e-4, rtol=1e-3)
+
+
+def test_lora_bf16_and_checkpointing_options_train_and_save(tiny, tmp_path):
+    cfg = score_config(tiny, tmp_path, "--max_steps", "2", "--per_device_batch_size", "4", "--learning_rate", "1e-2",
+                       "--lora.r", "4", "--lora.alpha", "8", "--mixed_precision", "bf16", "--gradient_checkpointing", "true")
+    train_score_model(cfg, "cost")
+    saved = tmp_path / "model"
+    assert not any("adapter" in p.name for p in saved.iterdir())  # LoRA merged: the folder loads without peft
+    after = ScoreModel.from_pretrained(saved).state_dict()
+    base = ScoreModel.from_base(tiny).state_dict()
+    changed = [k for k in base if not k.startswith(("head.", "norm_")) and not torch.equal(base[k], after[k])]
+    assert changed and all("proj" in k for k in changed)  # only the LoRA-adapted projections moved
+
+
+def test_eval_preference_cli(tiny, tmp_path):
+    from conftest import run_cli
+
+    cfg = score_config(tiny, tmp_path / "run", "--max_steps", "2", "--per_device_batch_size", "4")
+    train_score_model(cfg, "cost")
+    out = tmp_path / "eval"
+    proc = run_cli("eval", "preference", "--model", str(tmp_path / "run" / "model"), "--data", V1, "--out", str(out), "--max-length", "64")
+    assert proc.returncode == 0, proc.stderr
+    assert "eval/accuracy_sign" in proc.stdout and "Cybercrime" in proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["kind"] == "cost" and metrics["pairs"] == 100 and 0 <= metrics["accuracy"] <= 1
+    assert metrics["per_category"]["Cybercrime"]["pairs"] >= 1
+    assert (out / "score_histogram.png").read_bytes()[:4] == b"\x89PNG"
+    bad = run_cli("eval", "preference", "--model", str(tmp_path), "--data", V1)
+    assert bad.returncode == 1 and "not a safealign score-model folder" in bad.stderr

@@ -119,7 +119,13 @@ def train(task: Task, cfg: LoopConfig, accelerator: Accelerator | None = None) -
 
 def make_accelerator(cfg: LoopConfig) -> Accelerator:
     """An Accelerator for this machine; several CPU processes (torchrun) talk over gloo."""
+    from accelerate.state import AcceleratorState
+
     distributed_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # AcceleratorState is a process-wide singleton; a pipeline trains several models in one
+    # process with different precisions, so forget the previous run's settings (the
+    # process group, in PartialState, is kept).
+    AcceleratorState._reset_state()
     return Accelerator(mixed_precision=cfg.mixed_precision, cpu=distributed_cpu)
 
 
