@@ -66,3 +66,87 @@ def sign_accuracy(scores: Tensor, signs: Tensor) -> Tensor:
     if not labelled.any():
         return torch.tensor(float("nan"))
     return ((scores[labelled] > 0) == (signs[labelled] > 0)).float().mean()
+
+
+# --- preference optimisation -------------------------------------------------------------
+
+
+def dpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    reference_chosen: Tensor,
+    reference_rejected: Tensor,
+    beta: float = 0.1,
+    margin: Tensor | float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """DPO (Rafailov et al. 2023, eq. 7), with an optional per-pair margin.
+
+    L = −mean log σ(β[(log π − log π_ref)(y_w) − (log π − log π_ref)(y_l)] − margin)
+
+    Inputs are sequence log-probabilities, size = (B,). Returns (loss, implicit rewards of
+    chosen, of rejected), the rewards being β(log π − log π_ref), detached.
+    """
+    chosen_reward = beta * (policy_chosen - reference_chosen)
+    rejected_reward = beta * (policy_rejected - reference_rejected)
+    loss = -F.logsigmoid(chosen_reward - rejected_reward - margin).mean()
+    return loss, chosen_reward.detach(), rejected_reward.detach()
+
+
+def safe_dpo_margin(chosen_unsafe: Tensor, rejected_unsafe: Tensor, delta: float) -> Tensor:
+    """SafeDPO's safety margin (Kim et al. 2025): Δ·(u_l − u_w), u = 1 for an unsafe response.
+
+    A pair whose chosen response is safe and rejected one unsafe must be separated by an
+    extra Δ; a pair of two safe or two unsafe responses gets none. Unlabelled → u = 0.
+    """
+    return delta * (rejected_unsafe.float() - chosen_unsafe.float())
+
+
+# --- policy gradient (PPO, PPO-Lagrangian) ---------------------------------------------------
+
+
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation over response tokens (Schulman et al. 2016).
+
+    δ_t = r_t + γ·V_{t+1} − V_t,  A_t = δ_t + γλ·A_{t+1}, with V and A zero past the last
+    valid token; returns (advantages, returns = A + V). rewards, values, mask: size = (B, T),
+    mask 1 on response tokens (a right-padded suffix of zeros).
+    """
+    mask = mask.to(rewards.dtype)
+    values = values * mask
+    rewards = rewards * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.size(1))):
+        next_value = values[:, t + 1] if t + 1 < rewards.size(1) else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+    return advantages, advantages + values
+
+
+def ppo_policy_loss(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, mask: Tensor, clip: float = 0.2) -> Tensor:
+    """PPO clipped surrogate (Schulman et al. 2017, eq. 7), averaged over valid tokens.
+
+    L = −mean_t min(ρ_t·A_t, clip(ρ_t, 1 − ε, 1 + ε)·A_t),  ρ_t = exp(log π − log π_old).
+    """
+    ratio = torch.exp(log_probs - old_log_probs)
+    surrogate = torch.min(ratio * advantages, ratio.clamp(1.0 - clip, 1.0 + clip) * advantages)
+    return -masked_mean(surrogate, mask)
+
+
+def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float = 5.0) -> Tensor:
+    """Clipped value loss: ½·mean_t max((V − G)², (V_old + clip(V − V_old, ±c) − G)²)."""
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    loss = torch.max((values - returns).square(), (clipped - returns).square())
+    return 0.5 * masked_mean(loss, mask)
+
+
+def lagrangian_advantage(reward_advantages: Tensor, cost_advantages: Tensor, lagrange: float | Tensor) -> Tensor:
+    """Safe RLHF's actor advantage: A = (A_R − λ·A_C) / (1 + λ)."""
+    return (reward_advantages - lagrange * cost_advantages) / (1.0 + lagrange)
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean over positions where mask is 1."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
