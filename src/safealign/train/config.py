@@ -1,4 +1,4 @@
-"""Settings of the shared training loop (every algorithm's config embeds these)."""
+"""Settings shared by every training run (`RunConfig`) and by the supervised loop (`LoopConfig`)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,15 @@ from safealign.config import ConfigError
 
 
 @dataclass
-class LoopConfig:
-    """How to train: batch, schedule, precision, evaluation, checkpoints."""
+class RunConfig:
+    """What every training run has: a folder, a seed, the optimiser, precision, checkpoints."""
 
     output_dir: str = "runs/train"
     """Run folder: checkpoints/, metrics.csv, metrics.jsonl, model/ and config.yaml go here."""
     seed: int = 42
-    """Seed of the data order, the train/validation split and parameter init."""
-    epochs: float = 1.0
-    """Passes over the training data (fractions allowed); ignored when max_steps is set."""
+    """Seed of the data order, the train/validation split, sampling and parameter init."""
     max_steps: int | None = None
-    """Optimizer steps to run; overrides epochs."""
-    per_device_batch_size: int = 8
-    """Examples (pairs, for preference data) per process per micro-batch."""
-    gradient_accumulation_steps: int = 1
-    """Micro-batches per optimizer step. Global batch = per_device × processes × this."""
+    """Optimizer steps to run (for supervised training it overrides epochs)."""
     learning_rate: float = 2e-5
     """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
@@ -38,12 +32,6 @@ class LoopConfig:
     """Autocast precision where the hardware has it (bf16 on recent CPUs and GPUs)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
-    max_length: int = 512
-    """Tokens per sequence (prompt and response); longer ones are truncated from the left of the prompt."""
-    group_by_length: bool = True
-    """Batch sequences of similar length together (less padding); the order stays seeded."""
-    eval_every: int = 50
-    """Evaluate every N optimizer steps (and at the end); 0 evaluates only at the end."""
     save_every: int = 50
     """Checkpoint every N optimizer steps (and at the end); 0 checkpoints only at the end."""
     keep_checkpoints: int = 2
@@ -57,18 +45,44 @@ class LoopConfig:
 
     def validate(self) -> None:
         """Reject impossible settings early, naming the field."""
-        positive = ("per_device_batch_size", "gradient_accumulation_steps", "max_length", "log_every", "keep_checkpoints")
-        for name in positive:
+        for name in ("log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps: must be at least 1, got {self.max_steps}")
-        if self.epochs <= 0:
-            raise ConfigError(f"epochs: must be above 0, got {self.epochs}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate: must be above 0, got {self.learning_rate}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
-        for name in ("eval_every", "save_every", "weight_decay", "max_grad_norm"):
+        for name in ("save_every", "weight_decay", "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must not be negative, got {getattr(self, name)}")
+
+
+@dataclass
+class LoopConfig(RunConfig):
+    """Supervised training on examples: batches, epochs, evaluation."""
+
+    epochs: float = 1.0
+    """Passes over the training data (fractions allowed); ignored when max_steps is set."""
+    per_device_batch_size: int = 8
+    """Examples (pairs, for preference data) per process per micro-batch."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step. Global batch = per_device × processes × this."""
+    max_length: int = 512
+    """Tokens per sequence; longer ones lose their start (the response end is kept)."""
+    group_by_length: bool = True
+    """Batch sequences of similar length together (less padding); the order stays seeded."""
+    eval_every: int = 50
+    """Evaluate every N optimizer steps (and at the end); 0 evaluates only at the end."""
+
+    def validate(self) -> None:
+        """Reject impossible settings early, naming the field."""
+        super().validate()
+        for name in ("per_device_batch_size", "gradient_accumulation_steps", "max_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.epochs <= 0:
+            raise ConfigError(f"epochs: must be above 0, got {self.epochs}")
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every: must not be negative, got {self.eval_every}")

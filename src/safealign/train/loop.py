@@ -28,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 
 from safealign.train.batching import epoch_batches, micro_batches, shard
-from safealign.train.config import LoopConfig
+from safealign.train.config import LoopConfig, RunConfig
 from safealign.train.metrics import MetricsLogger
 
 Batch = dict[str, Any]
@@ -69,13 +69,13 @@ def train(task: Task, cfg: LoopConfig, accelerator: Accelerator | None = None) -
             f"(per_device_batch_size × processes × gradient_accumulation_steps)"
         )
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    optimizer = torch.optim.AdamW(_param_groups(task.model, cfg.weight_decay), lr=cfg.learning_rate)
-    scheduler = _scheduler(optimizer, cfg, total)
+    optimizer = torch.optim.AdamW(param_groups(task.model, cfg.weight_decay), lr=cfg.learning_rate)
+    scheduler = make_scheduler(optimizer, cfg, total)
     model, optimizer = acc.prepare(task.model, optimizer)
     # Stepped by hand, not prepared: accelerate would step it once per process.
     acc.register_for_checkpointing(scheduler)
 
-    start = _resume(acc, out) if cfg.resume else 0
+    start = resume_state(acc, out).get("step", 0) if cfg.resume else 0
     logger = MetricsLogger(out, resume_step=start, enabled=acc.is_main_process)
     if start and acc.is_main_process:
         print(f"resumed from step {start} of {total}")
@@ -83,7 +83,7 @@ def train(task: Task, cfg: LoopConfig, accelerator: Accelerator | None = None) -
     batches: list[list[int]] = []
     epoch_cached = -1
     last_eval: dict[str, float] = {}
-    progress = _progress(acc, total, start)
+    progress = progress_bar(acc)
     with progress:
         task_id = progress.add_task("train", total=total, completed=start)
         for step in range(start + 1, total + 1):
@@ -100,13 +100,13 @@ def train(task: Task, cfg: LoopConfig, accelerator: Accelerator | None = None) -
             if cfg.eval_every and step % cfg.eval_every == 0 and step != total and task.eval_examples:
                 last_eval = evaluate()
                 logger.log(step, last_eval)
-                _print(acc, step, last_eval)
+                print_metrics(acc, step, last_eval)
             if cfg.save_every and step % cfg.save_every == 0 and step != total:
                 save_checkpoint(acc, out, step, cfg.keep_checkpoints)
     if task.eval_examples:
         last_eval = evaluate()
         logger.log(total, last_eval)
-        _print(acc, total, last_eval)
+        print_metrics(acc, total, last_eval)
     if start < total:
         save_checkpoint(acc, out, total, cfg.keep_checkpoints)
     if acc.is_main_process:
@@ -117,7 +117,7 @@ def train(task: Task, cfg: LoopConfig, accelerator: Accelerator | None = None) -
     return last_eval
 
 
-def make_accelerator(cfg: LoopConfig) -> Accelerator:
+def make_accelerator(cfg: RunConfig) -> Accelerator:
     """An Accelerator for this machine; several CPU processes (torchrun) talk over gloo."""
     from accelerate.state import AcceleratorState
 
@@ -190,7 +190,7 @@ def _nanmean(values: list[float]) -> float:
     return sum(kept) / len(kept) if kept else float("nan")
 
 
-def save_checkpoint(acc: Accelerator, out: Path, step: int, keep: int) -> Path:
+def save_checkpoint(acc: Accelerator, out: Path, step: int, keep: int, extra: dict[str, Any] | None = None) -> Path:
     """Save model, optimizer, scheduler and RNG states; the state file is written last.
 
     The checkpoint is written into a temporary folder and renamed, so a run killed while
@@ -204,7 +204,7 @@ def save_checkpoint(acc: Accelerator, out: Path, step: int, keep: int) -> Path:
     acc.save_state(str(tmp))
     acc.wait_for_everyone()
     if acc.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step}))
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step, **(extra or {})}))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in _checkpoints(out)[:-keep]:
@@ -227,15 +227,17 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
-def _resume(acc: Accelerator, out: Path) -> int:
+def resume_state(acc: Accelerator, out: Path) -> dict[str, Any]:
+    """Load the newest complete checkpoint into the prepared objects; its saved state ({} if none)."""
     checkpoint = latest_checkpoint(out)
     if checkpoint is None:
-        return 0
+        return {}
     acc.load_state(str(checkpoint))
-    return json.loads((checkpoint / STATE_FILE).read_text())["step"]
+    return json.loads((checkpoint / STATE_FILE).read_text())
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases and norm weights."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -243,7 +245,8 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, cfg: LoopConfig, total: int):
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, total: int):
+    """Warm-up then the configured decay, over `total` optimizer steps."""
     from transformers import get_scheduler
 
     name = "constant_with_warmup" if cfg.lr_scheduler == "constant" else cfg.lr_scheduler
@@ -254,7 +257,8 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
-def _progress(acc: Accelerator, total: int, start: int) -> Progress:
+def progress_bar(acc: Accelerator) -> Progress:
+    """A rich progress bar on the main process."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -265,7 +269,8 @@ def _progress(acc: Accelerator, total: int, start: int) -> Progress:
     )
 
 
-def _print(acc: Accelerator, step: int, metrics: dict[str, float]) -> None:
+def print_metrics(acc: Accelerator, step: int, metrics: dict[str, float]) -> None:
+    """One line of metrics on the main process."""
     if acc.is_main_process:
         shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         print(f"step {step}: {shown}", flush=True)
