@@ -6,6 +6,7 @@ import typer
 
 from safealign.cli import data as data_cli
 from safealign.cli import evaluate as evaluate_cli
+from safealign.cli.generate import generate
 from safealign.cli import models as models_cli
 from safealign.cli import train as train_cli
 
@@ -20,6 +21,7 @@ app.add_typer(data_cli.app, name="data", help="Validate, describe and convert pr
 app.add_typer(models_cli.app, name="models", help="Install and resolve offline models.")
 app.add_typer(train_cli.app, name="train", help="Train reward, cost and attribute models.")
 app.add_typer(evaluate_cli.app, name="eval", help="Evaluate models.")
+app.command(name="generate")(generate)
 
 
 def main() -> None:

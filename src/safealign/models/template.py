@@ -30,3 +30,10 @@ def encode_dialogue(tokenizer: Any, dialogue: list[dict[str, str]], response: st
     if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
         ids.append(tokenizer.eos_token_id)  # a fixed final token to read the score at
     return ids[-max_length:]
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The conversation up to the point where the assistant starts answering (for generation)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "\n".join(f"{PLAIN_ROLES[m['role']]}: {m['content']}" for m in messages) + f"\n{PLAIN_ROLES['assistant']}:"

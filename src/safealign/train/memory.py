@@ -1,0 +1,79 @@
+"""What a run will need, estimated before anything is loaded (meta-device models, no weights)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass
+class ModelMemory:
+    """One model of a run: its parameter count and how it is trained."""
+
+    role: str
+    params: int
+    trainable: int
+    weight_bytes: int  # bytes per frozen weight
+
+    @property
+    def weights(self) -> float:
+        """Bytes of the weights (trainable ones in fp32 for the optimizer)."""
+        return (self.params - self.trainable) * self.weight_bytes + self.trainable * 4
+
+    @property
+    def training_state(self) -> float:
+        """Gradients (fp32) and AdamW's two moments (fp32) for the trainable parameters."""
+        return self.trainable * 12
+
+
+def count_parameters(name_or_path: str, lora: object | None = None, score_head: bool = False) -> tuple[int, int]:
+    """(total, trainable) parameters of a model, instantiated on the meta device (no download of weights)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    from safealign.models.registry import resolve_model
+
+    config = AutoConfig.from_pretrained(resolve_model(name_or_path))
+    with init_empty_weights():
+        model = (AutoModel if score_head else AutoModelForCausalLM).from_config(config)
+    model.tie_weights()  # from_config leaves tied embeddings untied; parameters() dedups once tied
+    total = sum(p.numel() for p in model.parameters())
+    head = getattr(config, "hidden_size", 0) + 1 if score_head else 0  # the linear score head
+    if lora is None:
+        return total + head, total + head
+    from peft import LoraConfig, get_peft_model
+
+    targets = getattr(lora, "target_modules", None)
+    with init_empty_weights():
+        peft_model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, target_modules=targets or None))
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad) + head
+    return total + trainable, trainable
+
+
+def format_table(rows: list[ModelMemory], activations: float) -> str:
+    """A plain-text table of the estimate (GiB), for printing before a run."""
+    gib = 2**30
+    lines = [f"{'model':<16}{'params':>12}{'trainable':>12}{'weights':>10}{'grad+adam':>11}"]
+    for r in rows:
+        lines.append(f"{r.role:<16}{r.params / 1e6:>11.1f}M{r.trainable / 1e6:>11.2f}M{r.weights / gib:>9.2f}G{r.training_state / gib:>10.2f}G")
+    total = sum(r.weights + r.training_state for r in rows) + activations
+    lines.append(f"{'activations':<16}{'':>24}{activations / gib:>9.2f}G  (rough: batch × length × hidden × layers)")
+    lines.append(f"{'total':<16}{'':>24}{total / gib:>9.2f}G")
+    return "\n".join(lines)
+
+
+def activation_bytes(name_or_path: str, batch: int, length: int, dtype: str, checkpointing: bool) -> float:
+    """Rough activation memory of one training forward/backward (Korthikanti et al. 2022: ~34·s·b·h per layer)."""
+    from transformers import AutoConfig
+
+    from safealign.models.registry import resolve_model
+
+    config = AutoConfig.from_pretrained(resolve_model(name_or_path))
+    layers = getattr(config, "num_hidden_layers", 1)
+    hidden = getattr(config, "hidden_size", 1)
+    vocab = getattr(config, "vocab_size", 0)
+    per_layer = 34 * length * batch * hidden * DTYPE_BYTES[dtype] / 2
+    kept_layers = 1 if checkpointing else layers
+    logits = batch * length * vocab * 4 * 2  # fp32 logits and their log-softmax
+    return per_layer * kept_layers + (layers * length * batch * hidden * DTYPE_BYTES[dtype] if checkpointing else 0) + logits
