@@ -47,6 +47,10 @@ def test_override_syntax():
 def test_shipped_configs_parse(data_dir):
     from pathlib import Path
 
-    for path in sorted((Path(__file__).parents[1] / "configs").glob("*_smollm2.yaml")):
-        cfg = build_config(ScoreTrainConfig, path)
-        assert cfg.lora is not None and cfg.model == "smollm2-135m-instruct", path
+    from safealign.train.ppo import PPOConfig
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*_smollm2.yaml"))
+    assert len(configs) >= 4
+    for path in configs:
+        cfg = build_config(PPOConfig if path.name.startswith("ppo") else ScoreTrainConfig, path)
+        assert cfg.lora is not None, path

@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(data_cli.app, name="data", help="Validate, describe and convert preference data.")
 app.add_typer(models_cli.app, name="models", help="Install and resolve offline models.")
-app.add_typer(train_cli.app, name="train", help="Train reward, cost and attribute models.")
+app.add_typer(train_cli.app, name="train", help="Train score models (reward, cost, attributes) and policies (SFT, DPO, PPO, PPO-Lagrangian).")
 app.add_typer(evaluate_cli.app, name="eval", help="Evaluate models.")
 app.command(name="generate")(generate)
 

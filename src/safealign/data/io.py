@@ -8,7 +8,6 @@ with a whole file (missing, empty, unknown extension) raise `DataError`.
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 import re

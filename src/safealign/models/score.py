@@ -243,7 +243,7 @@ class ScoreModel(nn.Module):
             else:
                 enable()
         if lora is not None:
-            self.backbone = _add_lora(self.backbone, lora)
+            self.backbone = add_lora(self.backbone, lora)
         self.lora = lora
         return self
 
@@ -256,7 +256,7 @@ class ScoreModel(nn.Module):
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        backbone, state_dict = _plain_backbone_state(self.backbone)
+        backbone, state_dict = plain_backbone_state(self.backbone)
         backbone.save_pretrained(folder, state_dict=state_dict)
         head = {f"head.{k}": v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
         head.update({k: getattr(self, k).detach().cpu() for k in _NORMALIZER_KEYS})
@@ -276,7 +276,8 @@ class ScoreModel(nn.Module):
             tokenizer.save_pretrained(folder)
 
 
-def _add_lora(backbone: PreTrainedModel, settings: LoraSettings) -> nn.Module:
+def add_lora(backbone: PreTrainedModel, settings: LoraSettings) -> nn.Module:
+    """`backbone` with LoRA adapters (peft); peft's default target modules for the architecture, else all linear layers."""
     from peft import LoraConfig, get_peft_model
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
 
@@ -292,7 +293,7 @@ def _add_lora(backbone: PreTrainedModel, settings: LoraSettings) -> nn.Module:
 
 
 @torch.no_grad()
-def _plain_backbone_state(backbone: nn.Module) -> tuple[PreTrainedModel, dict[str, torch.Tensor] | None]:
+def plain_backbone_state(backbone: nn.Module) -> tuple[PreTrainedModel, dict[str, torch.Tensor] | None]:
     """The transformers model to save and, under LoRA, its state dict with adapters merged.
 
     The merge goes into new tensors, not the live weights: merging in place and unmerging

@@ -1,11 +1,19 @@
-"""Settings shared by every training run (`RunConfig`) and by the supervised loop (`LoopConfig`)."""
+"""Settings shared by every training run (`RunConfig`), the supervised loop (`LoopConfig`) and
+every model trained on a dataset (`ModelTrainConfig`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import yaml
 
 from safealign.config import ConfigError
+from safealign.models.score import LoraSettings
+
+if TYPE_CHECKING:
+    from safealign.data.records import Record
 
 
 @dataclass
@@ -86,3 +94,55 @@ class LoopConfig(RunConfig):
             raise ConfigError(f"epochs: must be above 0, got {self.epochs}")
         if self.eval_every < 0:
             raise ConfigError(f"eval_every: must not be negative, got {self.eval_every}")
+
+
+@dataclass
+class ModelTrainConfig(LoopConfig):
+    """A base model trained on a dataset: what score models, SFT and DPO have in common."""
+
+    model: str = ""
+    """Base model: an offline alias (smollm2-135m-instruct, minilm), a local folder or a hub id."""
+    data: list[str] = field(default_factory=list)
+    """Training data: PATH_OR_NAME[@REVISION][#SPLIT][:PROPORTION] entries, mixed."""
+    eval_data: list[str] = field(default_factory=list)
+    """Evaluation data; when empty, validation_split of data is held out (by prompt)."""
+    validation_split: float = 0.1
+    """Share of data held out for evaluation when eval_data is empty."""
+    format: str | None = None
+    """Source format for every data entry (detected when None)."""
+    skip_invalid: bool = False
+    """Go on past bad records (they are counted and reported) instead of stopping."""
+    lora: LoraSettings | None = None
+    """LoRA adapters (r, alpha, dropout, target_modules); None trains all weights. Merged on save."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Weights dtype of the model."""
+
+    def validate(self) -> None:
+        """Check settings once, early."""
+        super().validate()
+        if not self.model:
+            raise ConfigError("model: required (an alias, a folder or a hub id)")
+        if not self.data:
+            raise ConfigError("data: required (one or more PATH_OR_NAME[:PROPORTION])")
+        if not 0 <= self.validation_split < 1:
+            raise ConfigError(f"validation_split: must be in [0, 1), got {self.validation_split}")
+
+
+def load_records(cfg: ModelTrainConfig) -> tuple[list[Record], list[Record]]:
+    """Training and evaluation records, with the read/kept/rejected counts printed."""
+    from safealign.data.load import load, split_train_validation
+
+    loaded = load(cfg.data, cfg.format, strict=not cfg.skip_invalid, seed=cfg.seed)
+    report = loaded.report
+    print(f"data: read {report.read} | kept {report.kept} | rejected {report.rejected}", flush=True)
+    if cfg.eval_data:
+        return loaded.records, load(cfg.eval_data, cfg.format, strict=not cfg.skip_invalid).records
+    return split_train_validation(loaded.records, cfg.validation_split, cfg.seed)
+
+
+def write_run_config(cfg: RunConfig, kind: str) -> Path:
+    """Create the run folder and record the full config in it as config.yaml."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump({"kind": kind, **asdict(cfg)}, sort_keys=False))
+    return out

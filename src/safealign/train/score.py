@@ -11,25 +11,22 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 from accelerate.utils import set_seed
 from torch import Tensor, nn
 
-from safealign.config import ConfigError
 from safealign.data.derive import pair_to_preference
 from safealign.data.errors import DataError
-from safealign.data.load import load, split_train_validation
 from safealign.data.records import ATTRIBUTES, AttributeRecord, DualPreferencePair, PreferencePair, Record, dialogue
 from safealign.losses import bradley_terry_loss, cost_loss, masked_regression_loss
-from safealign.models.score import LoraSettings, ScoreModel, load_score_tokenizer
+from safealign.models.score import ScoreModel, load_score_tokenizer
 from safealign.models.template import encode_dialogue
 from safealign.train.batching import pad
-from safealign.train.config import LoopConfig
+from safealign.train.config import ModelTrainConfig, load_records, write_run_config
 from safealign.train.loop import Task, train
 
 Kind = Literal["reward", "cost", "attributes"]
@@ -37,45 +34,19 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass
-class ScoreTrainConfig(LoopConfig):
-    """Training a reward, cost or attribute model (every loop setting applies too)."""
+class ScoreTrainConfig(ModelTrainConfig):
+    """Training a reward, cost or attribute model (every model and loop setting applies too)."""
 
-    model: str = ""
-    """Base model: an offline alias (smollm2-135m-instruct, minilm), a local folder or a hub id."""
-    data: list[str] = field(default_factory=list)
-    """Training data: PATH_OR_NAME[@REVISION][#SPLIT][:PROPORTION] entries, mixed."""
-    eval_data: list[str] = field(default_factory=list)
-    """Evaluation data; when empty, validation_split of data is held out (by prompt)."""
-    validation_split: float = 0.1
-    """Share of data held out for evaluation when eval_data is empty."""
-    format: str | None = None
-    """Source format for every data entry (detected when None)."""
-    skip_invalid: bool = False
-    """Go on past bad records (they are counted and reported) instead of stopping."""
     regularization: float = 0.001
     """μ of the μ·mean(score²) term (reward and cost losses)."""
-    lora: LoraSettings | None = None
-    """LoRA adapters on the backbone (r, alpha, dropout, target_modules); None trains all weights."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Weights dtype of the backbone."""
     normalize_scores: bool = False
     """After training, store the mean/std of training scores with the model and output normalised scores."""
-
-    def validate(self) -> None:
-        """Check settings once, early."""
-        super().validate()
-        if not self.model:
-            raise ConfigError("model: required (an alias, a folder or a hub id)")
-        if not self.data:
-            raise ConfigError("data: required (one or more PATH_OR_NAME[:PROPORTION])")
-        if not 0 <= self.validation_split < 1:
-            raise ConfigError(f"validation_split: must be in [0, 1), got {self.validation_split}")
 
 
 def train_score_model(cfg: ScoreTrainConfig, kind: Kind) -> dict[str, float]:
     """Load data, build the model and run the shared loop; returns final eval metrics."""
     set_seed(cfg.seed)
-    train_records, eval_records = _records(cfg)
+    train_records, eval_records = load_records(cfg)
     tokenizer = load_score_tokenizer(cfg.model)
     names = list(ATTRIBUTES) if kind == "attributes" else [kind]
     model = ScoreModel.from_base(
@@ -86,9 +57,7 @@ def train_score_model(cfg: ScoreTrainConfig, kind: Kind) -> dict[str, float]:
     train_examples = build(train_records, kind, tokenizer, cfg.max_length)
     eval_examples = build(eval_records, kind, tokenizer, cfg.max_length)
     print(f"{kind} model: {len(train_examples)} training and {len(eval_examples)} evaluation examples", flush=True)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump({"kind": kind, **asdict(cfg)}, sort_keys=False))
+    write_run_config(cfg, kind)
     pad_id = tokenizer.pad_token_id
 
     def export(model: nn.Module, folder: Path) -> None:
@@ -107,15 +76,6 @@ def train_score_model(cfg: ScoreTrainConfig, kind: Kind) -> dict[str, float]:
         export=export,
     )
     return train(task, cfg)
-
-
-def _records(cfg: ScoreTrainConfig) -> tuple[list[Record], list[Record]]:
-    loaded = load(cfg.data, cfg.format, strict=not cfg.skip_invalid, seed=cfg.seed)
-    report = loaded.report
-    print(f"data: read {report.read} | kept {report.kept} | rejected {report.rejected}", flush=True)
-    if cfg.eval_data:
-        return loaded.records, load(cfg.eval_data, cfg.format, strict=not cfg.skip_invalid).records
-    return split_train_validation(loaded.records, cfg.validation_split, cfg.seed)
 
 
 def _pair_examples(records: list[Record], kind: str, tokenizer: Any, max_length: int) -> list[dict[str, Any]]:

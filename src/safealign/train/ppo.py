@@ -1,0 +1,344 @@
+"""PPO, PPO-Lagrangian (Safe RLHF) and reward shaping: one RL trainer, three objectives.
+
+Each step: sample responses to a batch of prompts, score them with the reward (and cost)
+model, shape per-token signals with the KL to the reference (r̂_t = −β·kl_t, ĉ_t = +β·kl_t,
+sequence scores clipped to ±score_clip and added at the last token), estimate advantages
+with GAE under separate reward and cost critics, and update the actor with the clipped
+surrogate on
+
+- ppo:          A = A_R (cost, when a cost model is given, is only logged);
+- ppo-lag:      A = (A_R − λ·A_C)/(1 + λ), λ learned in log space on J_C − d;
+- ppo-shaping:  A from the reward R − λ·C with λ fixed (`shaping_lambda`), one critic.
+
+Critics start from the reward / cost models (or the actor's backbone) and train with the
+clipped value loss. With LoRA the reference policy is the actor with its adapters disabled.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from accelerate.utils import gather_object, set_seed
+from torch import Tensor
+
+from safealign.config import ConfigError
+from safealign.data.load import load
+from safealign.data.records import dialogue
+from safealign.losses import clipped_value_loss, gae, lagrangian_advantage, masked_mean, ppo_policy_loss
+from safealign.models.score import LoraSettings, ScoreModel
+from safealign.train import memory
+from safealign.train.config import RunConfig, write_run_config
+from safealign.train.lagrange import LagrangeMultiplier
+from safealign.train.loop import make_accelerator, make_scheduler, param_groups, progress_bar, resume_state, save_checkpoint
+from safealign.train.metrics import MetricsLogger
+from safealign.train.policy import load_policy, save_policy
+from safealign.train.rollout import ModelScorer, Rollout, SamplingSettings, Scorer, critic_values, encode_prompts, sample, shaped_rewards, token_log_probs
+
+Algorithm = Literal["ppo", "ppo-lag", "ppo-shaping"]
+
+
+@dataclass
+class PPOConfig(RunConfig):
+    """RL fine-tuning of a policy against a reward model, under a cost constraint for ppo-lag."""
+
+    actor: str = ""
+    """The policy to fine-tune: an offline alias, a folder (e.g. an SFT output) or a hub id."""
+    reward_model: str = ""
+    """Reward model folder (from `safealign train reward`)."""
+    cost_model: str | None = None
+    """Cost model folder (from `safealign train cost`); required for ppo-lag and ppo-shaping."""
+    prompts: list[str] = field(default_factory=list)
+    """Prompt data (any records with prompts): PATH_OR_NAME[@REV][#SPLIT][:PROPORTION] entries."""
+    format: str | None = None
+    """Source format of the prompt data (detected when None)."""
+    skip_invalid: bool = False
+    """Go on past bad prompt records."""
+    lora: LoraSettings | None = None
+    """LoRA on the actor and both critics; the reference is then the actor without adapters."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Weights dtype of every model."""
+    critic_init: Literal["score-models", "actor"] = "score-models"
+    """Start the reward/cost critics from the reward/cost models, or from the actor's backbone."""
+    rollout_batch_size: int = 16
+    """Prompts sampled per step and process."""
+    minibatch_size: int = 8
+    """Episodes per PPO update (per process)."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch."""
+    max_prompt_length: int = 256
+    """Prompt tokens kept (the end of long prompts)."""
+    max_new_tokens: int = 64
+    """Response tokens sampled at most."""
+    min_new_tokens: int = 0
+    """Response tokens sampled at least (eos is suppressed before that)."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling."""
+    repetition_penalty: float = 1.0
+    """Sampling repetition penalty (1 = none)."""
+    clip_range: float = 0.2
+    """PPO ratio clip ε."""
+    value_clip: float = 5.0
+    """Clip of the value update in the critic loss."""
+    kl_coef: float = 0.01
+    """β of the per-token KL penalty."""
+    gamma: float = 1.0
+    """Discount of GAE."""
+    gae_lambda: float = 0.95
+    """λ of GAE."""
+    score_clip: float = 50.0
+    """Sequence reward and cost scores are clipped to ±this."""
+    critic_learning_rate: float | None = None
+    """Learning rate of the critics (None: learning_rate)."""
+    cost_limit: float = 0.0
+    """d in the constraint E[cost] ≤ d."""
+    lambda_init: float = 1.0
+    """Initial Lagrange multiplier λ (ppo-lag)."""
+    lambda_lr: float = 0.1
+    """η of log λ ← log λ + η·(J_C − d)·λ."""
+    lambda_max: float = 5.0
+    """Upper clamp of λ."""
+    episode_cost_window: int = 128
+    """Episodes in the moving average J_C."""
+    lambda_update_delay: int = 0
+    """Steps before λ starts to move."""
+    shaping_lambda: float = 1.0
+    """Fixed λ of ppo-shaping (reward R − λ·C)."""
+
+    def validate(self) -> None:
+        """Check settings once, early."""
+        super().validate()
+        if not self.actor:
+            raise ConfigError("actor: required (an alias, a folder or a hub id)")
+        for name in ("rollout_batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens", "episode_cost_window"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.minibatch_size > self.rollout_batch_size:
+            raise ConfigError(f"minibatch_size: must not exceed rollout_batch_size ({self.rollout_batch_size})")
+        if self.lambda_init <= 0 or self.lambda_max < self.lambda_init:
+            raise ConfigError("lambda_init: must be above 0 and at most lambda_max")
+
+
+@dataclass
+class _Models:
+    actor: Any
+    tokenizer: Any
+    reference: Any | None  # None: the actor with adapters disabled
+    reward_critic: ScoreModel
+    cost_critic: ScoreModel | None
+    reward: Scorer
+    cost: Scorer | None
+
+
+def train_ppo(
+    cfg: PPOConfig,
+    algorithm: Algorithm,
+    reward_fn: Scorer | None = None,
+    cost_fn: Scorer | None = None,
+    prompts: list[list[dict[str, str]]] | None = None,
+) -> dict[str, float]:
+    """Run (or resume) PPO-family training; returns the last step's metrics.
+
+    `reward_fn`, `cost_fn` and `prompts` replace the model folders and prompt files (for
+    programmatic rewards and tests).
+    """
+    _check_models(cfg, algorithm, reward_fn, cost_fn)
+    set_seed(cfg.seed)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    acc = make_accelerator(cfg)
+    if acc.is_main_process:
+        print(memory_estimate(cfg, algorithm), flush=True)
+    dialogues = prompts if prompts is not None else [dialogue(r) for r in load(cfg.prompts, cfg.format, strict=not cfg.skip_invalid).records]
+    models = _build(cfg, algorithm, reward_fn, cost_fn)
+    out = write_run_config(cfg, algorithm)
+    total = cfg.max_steps or 100
+    critics = [c for c in (models.reward_critic, models.cost_critic) if c is not None]
+    actor_opt = torch.optim.AdamW(param_groups(models.actor, cfg.weight_decay), lr=cfg.learning_rate)
+    critic_opt = torch.optim.AdamW(
+        [g for c in critics for g in param_groups(c, cfg.weight_decay)], lr=cfg.critic_learning_rate or cfg.learning_rate
+    )
+    schedulers = [make_scheduler(actor_opt, cfg, total), make_scheduler(critic_opt, cfg, total)]
+    prepared = acc.prepare(models.actor, *critics, actor_opt, critic_opt)
+    models.actor, critics, (actor_opt, critic_opt) = prepared[0], list(prepared[1:-2]), prepared[-2:]
+    models.reward_critic, models.cost_critic = critics[0], (critics[1] if len(critics) > 1 else None)
+    for scheduler in schedulers:
+        acc.register_for_checkpointing(scheduler)
+    lagrange = LagrangeMultiplier(cfg.lambda_init, cfg.lambda_lr, cfg.cost_limit, cfg.lambda_max, cfg.episode_cost_window, cfg.lambda_update_delay)
+    state = resume_state(acc, out) if cfg.resume else {}
+    start = state.get("step", 0)
+    if "lagrange" in state:
+        lagrange.load_state_dict(state["lagrange"])
+    logger = MetricsLogger(out, resume_step=start, enabled=acc.is_main_process)
+    metrics: dict[str, float] = {}
+    with progress_bar(acc) as progress:
+        task = progress.add_task(algorithm, total=total, completed=start)
+        for step in range(start + 1, total + 1):
+            batch = _prompt_batch(dialogues, cfg, step, acc.process_index, acc.num_processes)
+            metrics = _rl_step(cfg, algorithm, models, acc, actor_opt, critic_opt, lagrange, batch)
+            for scheduler in schedulers:
+                scheduler.step()
+            if step % cfg.log_every == 0 or step == total:
+                logger.log(step, metrics)
+            progress.update(task, advance=1, description=f"reward {metrics['train/reward']:.3f}")
+            if (cfg.save_every and step % cfg.save_every == 0) or step == total:
+                save_checkpoint(acc, out, step, cfg.keep_checkpoints, {"lagrange": lagrange.state_dict()})
+    if acc.is_main_process:
+        save_policy(acc.unwrap_model(models.actor), models.tokenizer, out / "model")
+        (out / "final_metrics.json").write_text(json.dumps({"step": total, **metrics}, indent=2))
+    logger.close()
+    acc.wait_for_everyone()
+    return metrics
+
+
+def _check_models(cfg: PPOConfig, algorithm: Algorithm, reward_fn: Scorer | None, cost_fn: Scorer | None) -> None:
+    if reward_fn is None and not cfg.reward_model:
+        raise ConfigError("reward_model: required (a folder from `safealign train reward`)")
+    if algorithm != "ppo" and cost_fn is None and not cfg.cost_model:
+        raise ConfigError(f"cost_model: required for {algorithm} (a folder from `safealign train cost`)")
+
+
+def _build(cfg: PPOConfig, algorithm: Algorithm, reward_fn: Scorer | None, cost_fn: Scorer | None) -> _Models:
+    actor, tokenizer = load_policy(cfg.actor, dtype=cfg.dtype, lora=cfg.lora, gradient_checkpointing=cfg.gradient_checkpointing)
+    reference = None if cfg.lora is not None else copy.deepcopy(actor).eval().requires_grad_(False)
+    reward = reward_fn or ModelScorer(cfg.reward_model)
+    cost = cost_fn or (ModelScorer(cfg.cost_model) if cfg.cost_model else None)
+    reward_critic = _critic(cfg, cfg.reward_model if reward_fn is None else None)
+    cost_critic = _critic(cfg, cfg.cost_model if cost_fn is None else None) if algorithm == "ppo-lag" else None
+    return _Models(actor, tokenizer, reference, reward_critic, cost_critic, reward, cost)
+
+
+def _critic(cfg: PPOConfig, score_model: str | None) -> ScoreModel:
+    kwargs = {"lora": cfg.lora, "gradient_checkpointing": cfg.gradient_checkpointing}
+    if cfg.critic_init == "score-models" and score_model:
+        return ScoreModel.from_pretrained(score_model, kind="critic", **kwargs)
+    return ScoreModel.from_base(cfg.actor, kind="critic", **kwargs)
+
+
+def _prompt_batch(dialogues: list, cfg: PPOConfig, step: int, rank: int, world: int) -> list:
+    """This process's prompts for `step`: a seeded permutation per pass, cycled, sharded."""
+    per_step = cfg.rollout_batch_size * world
+    start = (step - 1) * per_step
+    out = []
+    for i in range(start, start + per_step):
+        epoch, pos = divmod(i, len(dialogues))
+        order = list(range(len(dialogues)))
+        random.Random(cfg.seed * 7919 + epoch).shuffle(order)
+        out.append(dialogues[order[pos]])
+    return out[rank::world]
+
+
+def _rl_step(cfg: PPOConfig, algorithm: Algorithm, m: _Models, acc: Any, actor_opt: Any, critic_opt: Any,
+             lagrange: LagrangeMultiplier, batch: list) -> dict[str, float]:
+    actor = acc.unwrap_model(m.actor)
+    settings = SamplingSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.repetition_penalty, cfg.min_new_tokens)
+    prompt_ids, prompt_mask = encode_prompts(m.tokenizer, batch, cfg.max_prompt_length)
+    actor.eval()
+    rollout = sample(actor, m.tokenizer, prompt_ids.to(acc.device), prompt_mask.to(acc.device), settings)
+    mask = rollout.response_mask.float()  # size = (B, T)
+    with torch.no_grad():
+        old_logp, entropy = token_log_probs(actor, rollout, with_entropy=True)
+        with (actor.disable_adapter() if m.reference is None else nullcontext()):
+            ref_logp, _ = token_log_probs(actor if m.reference is None else m.reference, rollout)
+        reward = m.reward(batch, rollout.responses, rollout.response_ids).to(acc.device).clamp(-cfg.score_clip, cfg.score_clip)
+        cost = None if m.cost is None else m.cost(batch, rollout.responses, rollout.response_ids).to(acc.device).clamp(-cfg.score_clip, cfg.score_clip)
+        kl = old_logp - ref_logp  # size = (B, T)
+        episode_costs = [float(c) for c in gather_object(cost.tolist())] if cost is not None else []
+        if algorithm == "ppo-lag":
+            lagrange.update(episode_costs)
+        sequence_reward = reward - cfg.shaping_lambda * cost if algorithm == "ppo-shaping" else reward
+        old_values = critic_values(acc.unwrap_model(m.reward_critic), rollout)
+        adv_r, ret_r = gae(shaped_rewards(sequence_reward, kl, mask, cfg.kl_coef, -1.0), old_values, mask, cfg.gamma, cfg.gae_lambda)
+        advantages = adv_r
+        if algorithm == "ppo-lag":
+            old_cost_values = critic_values(acc.unwrap_model(m.cost_critic), rollout)
+            adv_c, ret_c = gae(shaped_rewards(cost, kl, mask, cfg.kl_coef, +1.0), old_cost_values, mask, cfg.gamma, cfg.gae_lambda)
+            advantages = lagrangian_advantage(adv_r, adv_c, lagrange.value)
+    losses = _update(cfg, m, acc, actor_opt, critic_opt, rollout, old_logp, advantages, mask,
+                     [(m.reward_critic, old_values, ret_r)] + ([(m.cost_critic, old_cost_values, ret_c)] if algorithm == "ppo-lag" else []))
+    lengths = mask.sum(-1)
+    metrics = {
+        "train/reward": _mean(acc, reward),
+        "train/kl": _mean(acc, (kl * mask).sum(-1)),
+        "train/entropy": _mean(acc, masked_mean(entropy, mask).reshape(1)),
+        "train/response_length": _mean(acc, lengths),
+        **losses,
+    }
+    if cost is not None:
+        metrics["train/cost"] = _mean(acc, cost)
+        j_c = lagrange.episode_cost if algorithm == "ppo-lag" else sum(episode_costs) / len(episode_costs)
+        metrics.update({"train/episode_cost": j_c, "train/constraint_violation": j_c - cfg.cost_limit})
+    if algorithm == "ppo-lag":
+        metrics["train/lambda"] = lagrange.value
+    return metrics
+
+
+def _update(cfg: PPOConfig, m: _Models, acc: Any, actor_opt: Any, critic_opt: Any, rollout: Rollout, old_logp: Tensor,
+            advantages: Tensor, mask: Tensor, critics: list[tuple[Any, Tensor, Tensor]]) -> dict[str, float]:
+    sums = {"train/actor_loss": 0.0, "train/reward_critic_loss": 0.0, "train/cost_critic_loss": 0.0}
+    n = 0
+    batch = rollout.sequences.size(0)
+    m.actor.train()
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(batch).tolist()
+        for start in range(0, batch, cfg.minibatch_size):
+            idx = order[start : start + cfg.minibatch_size]
+            sub = _subset(rollout, idx)
+            logp, _ = token_log_probs(m.actor, sub)
+            actor_loss = ppo_policy_loss(logp, old_logp[idx], advantages[idx], mask[idx], cfg.clip_range)
+            acc.backward(actor_loss)
+            acc.clip_grad_norm_(m.actor.parameters(), cfg.max_grad_norm or float("inf"))
+            actor_opt.step()
+            actor_opt.zero_grad(set_to_none=True)
+            critic_loss = 0.0
+            for (critic, old_values, returns), name in zip(critics, ("train/reward_critic_loss", "train/cost_critic_loss")):
+                critic.train()
+                value_loss = clipped_value_loss(critic_values(critic, sub), old_values[idx], returns[idx], mask[idx], cfg.value_clip)
+                sums[name] += value_loss.item()
+                critic_loss = critic_loss + value_loss
+            acc.backward(critic_loss)
+            acc.clip_grad_norm_([p for c, _, _ in critics for p in c.parameters()], cfg.max_grad_norm or float("inf"))
+            critic_opt.step()
+            critic_opt.zero_grad(set_to_none=True)
+            sums["train/actor_loss"] += actor_loss.item()
+            n += 1
+    if len(critics) == 1:
+        del sums["train/cost_critic_loss"]
+    return {k: v / n for k, v in sums.items()}
+
+
+def _subset(r: Rollout, idx: list[int]) -> Rollout:
+    return Rollout(r.sequences[idx], r.attention_mask[idx], r.response_mask[idx], r.prompt_width,
+                   [r.responses[i] for i in idx], [r.response_ids[i] for i in idx])
+
+
+def _mean(acc: Any, values: Tensor) -> float:
+    return acc.reduce(values.float().mean().reshape(1), "mean").item()
+
+
+def memory_estimate(cfg: PPOConfig, algorithm: Algorithm) -> str:
+    """The memory a run needs, from the model configs alone, as a printable table."""
+    actor_total, actor_trainable = memory.count_parameters(cfg.actor, cfg.lora)
+    weight_bytes = memory.DTYPE_BYTES[cfg.dtype]
+    rows = [memory.ModelMemory("actor", actor_total, actor_trainable, weight_bytes)]
+    if cfg.lora is None:
+        rows.append(memory.ModelMemory("reference", actor_total, 0, weight_bytes))
+    scorers = [("reward", cfg.reward_model)] + ([("cost", cfg.cost_model)] if cfg.cost_model else [])
+    critics = [("reward critic", cfg.reward_model)] + ([("cost critic", cfg.cost_model)] if algorithm == "ppo-lag" else [])
+    for role, path in scorers:
+        if path:
+            total, _ = memory.count_parameters(path, score_head=True)
+            rows.append(memory.ModelMemory(role, total, 0, weight_bytes))
+    for role, path in critics:
+        source = path if cfg.critic_init == "score-models" and path else cfg.actor
+        rows.append(memory.ModelMemory(role, *memory.count_parameters(source, cfg.lora, score_head=True), weight_bytes))
+    length = cfg.max_prompt_length + cfg.max_new_tokens
+    activations = memory.activation_bytes(cfg.actor, cfg.minibatch_size, length, cfg.dtype, cfg.gradient_checkpointing)
+    return "memory estimate (before loading):\n" + memory.format_table(rows, activations)

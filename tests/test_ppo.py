@@ -1,0 +1,131 @@
+"""PPO-Lagrangian on a controlled task with a known best feasible policy.
+
+The policy writes 8 tokens. Reward = mean per token of 1.0 for "a", 0.5 for "b", 0 else;
+cost = share of "a" − 0.25, constraint E[cost] ≤ 0. The reward-maximising policy writes only
+"a" (reward 1, cost 0.75: infeasible); the best feasible one writes 25% "a" and 75% "b"
+(reward 0.625, cost 0). PPO-Lagrangian must end feasible (J_C ≤ 0.05) with reward ≥ 0.9 ×
+0.625; plain PPO on the same task must end infeasible.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import tiny_word_llama
+
+from safealign.config import build_config
+from safealign.train.ppo import PPOConfig, train_ppo
+
+WORDS = ["go", "a", "b", "c"]
+LENGTH = 8
+BEST_FEASIBLE = 0.25 * 1.0 + 0.75 * 0.5
+
+
+def _token_ids(folder):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    return tok.convert_tokens_to_ids("a"), tok.convert_tokens_to_ids("b")
+
+
+def make_scorers(folder):
+    a, b = _token_ids(folder)
+
+    def reward(dialogues, texts, ids):
+        return torch.tensor([sum(1.0 if t == a else 0.5 if t == b else 0.0 for t in row) / len(row) for row in ids])
+
+    def cost(dialogues, texts, ids):
+        return torch.tensor([sum(t == a for t in row) / len(row) - 0.25 for row in ids])
+
+    return reward, cost
+
+
+def run(folder, out, algorithm, steps):
+    cfg = build_config(PPOConfig, None, [
+        "--actor", str(folder), "--output_dir", str(out), "--max_steps", str(steps), "--rollout_batch_size", "64",
+        "--minibatch_size", "32", "--ppo_epochs", "2", "--max_new_tokens", str(LENGTH), "--min_new_tokens", str(LENGTH),
+        "--learning_rate", "3e-3", "--critic_learning_rate", "3e-3", "--warmup_ratio", "0", "--lr_scheduler", "constant",
+        "--kl_coef", "0.01", "--lambda_lr", "0.1", "--episode_cost_window", "128", "--save_every", "0", "--num_threads", "2",
+        "--critic_init", "actor", "--seed", "1",
+    ])
+    reward, cost = make_scorers(folder)
+    prompts = [[{"role": "user", "content": "go"}]] * 8
+    train_ppo(cfg, algorithm, reward_fn=reward, cost_fn=cost, prompts=prompts)
+    import json
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    tail = rows[-10:]
+    return {k: sum(r[k] for r in tail) / len(tail) for k in ("train/reward", "train/episode_cost")}, rows
+
+
+@pytest.mark.slow
+def test_lagrangian_meets_the_constraint_and_plain_ppo_does_not(tmp_path):
+    folder = tiny_word_llama(tmp_path / "policy", WORDS)
+    lag, lag_rows = run(folder, tmp_path / "lag", "ppo-lag", 120)
+    ppo, _ = run(folder, tmp_path / "ppo", "ppo", 60)
+    print(f"ppo-lag end: reward {lag['train/reward']:.3f} J_C {lag['train/episode_cost']:.3f} lambda {lag_rows[-1]['train/lambda']:.3f}")
+    print(f"ppo end:     reward {ppo['train/reward']:.3f} J_C {ppo['train/episode_cost']:.3f}")
+    assert lag["train/episode_cost"] <= 0.0 + 0.05
+    assert lag["train/reward"] >= 0.9 * BEST_FEASIBLE
+    assert ppo["train/episode_cost"] > 0.0
+
+
+def _score_folders(tmp_path, tiny_folder):
+    from safealign.models.score import ScoreModel, load_score_tokenizer
+
+    folders = {}
+    for kind in ("reward", "cost"):
+        model = ScoreModel.from_base(tiny_folder, kind=kind)
+        model.save_pretrained(tmp_path / kind, load_score_tokenizer(tiny_folder))
+        folders[kind] = tmp_path / kind
+    return folders
+
+
+def test_ppo_lag_cli_with_model_scorers_and_lora(tmp_path):
+    import json
+
+    from conftest import DATA, run_cli
+    from tiny import tiny_llama
+
+    policy = tiny_llama(tmp_path / "policy")
+    folders = _score_folders(tmp_path, policy)
+    out = tmp_path / "run"
+    proc = run_cli("train", "ppo-lag", "--actor", str(policy), "--reward_model", str(folders["reward"]),
+                   "--cost_model", str(folders["cost"]), "--prompts", str(DATA / "beavertails/evaluation_700.json:0.02"),
+                   "--output_dir", str(out), "--max_steps", "2", "--rollout_batch_size", "4", "--minibatch_size", "2",
+                   "--max_new_tokens", "6", "--lora.r", "4", "--num_threads", "1", "--learning_rate", "1e-3")
+    assert proc.returncode == 0, proc.stderr
+    assert "memory estimate" in proc.stdout and "cost critic" in proc.stdout and "reference" not in proc.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    names = {"train/reward", "train/cost", "train/episode_cost", "train/constraint_violation", "train/lambda", "train/kl",
+             "train/entropy", "train/response_length", "train/actor_loss", "train/reward_critic_loss", "train/cost_critic_loss"}
+    assert names <= rows[-1].keys() and [r["step"] for r in rows] == [1, 2]
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out / "model") is not None  # LoRA merged: loads without peft
+
+
+def test_resume_restores_lambda_window_and_sampling(tmp_path):
+    import json
+
+    from tiny import tiny_word_llama
+
+    folder = tiny_word_llama(tmp_path / "policy", WORDS)
+    reward, cost = make_scorers(folder)
+    prompts = [[{"role": "user", "content": "go"}]] * 4
+    common = ["--actor", str(folder), "--rollout_batch_size", "8", "--minibatch_size", "4", "--max_new_tokens", "4",
+              "--min_new_tokens", "4", "--learning_rate", "1e-2", "--lr_scheduler", "constant", "--warmup_ratio", "0",
+              "--critic_init", "actor", "--num_threads", "1", "--save_every", "1", "--lambda_lr", "0.5", "--episode_cost_window", "12"]
+    straight = build_config(PPOConfig, None, [*common, "--output_dir", str(tmp_path / "a"), "--max_steps", "4"])
+    train_ppo(straight, "ppo-lag", reward_fn=reward, cost_fn=cost, prompts=prompts)
+    first = build_config(PPOConfig, None, [*common, "--output_dir", str(tmp_path / "b"), "--max_steps", "2"])
+    train_ppo(first, "ppo-lag", reward_fn=reward, cost_fn=cost, prompts=prompts)
+    state = json.loads((tmp_path / "b" / "checkpoints" / "step-2" / "trainer_state.json").read_text())
+    assert state["step"] == 2 and len(state["lagrange"]["costs"]) == 12  # window of 12 after 16 episodes
+    second = build_config(PPOConfig, None, [*common, "--output_dir", str(tmp_path / "b"), "--max_steps", "4"])
+    train_ppo(second, "ppo-lag", reward_fn=reward, cost_fn=cost, prompts=prompts)
+    a = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for key in ("train/lambda", "train/episode_cost", "train/reward", "train/actor_loss"):
+        assert b[-1][key] == pytest.approx(a[-1][key], abs=1e-5), key
