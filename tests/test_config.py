@@ -17,6 +17,8 @@ def test_yaml_then_overrides(tmp_path):
     assert (cfg.lora.r, cfg.lora.alpha) == (4, 8)
     single = build_config(ScoreTrainConfig, None, ["--model", "m", "--data", "x.jsonl"])
     assert single.data == ["x.jsonl"] and single.lora is None
+    twice = build_config(ScoreTrainConfig, path, ["--data", "x.jsonl", "--data", "y.jsonl:0.5"])
+    assert twice.data == ["x.jsonl", "y.jsonl:0.5"]  # a repeated field collects a list, replacing the file's
 
 
 @pytest.mark.parametrize(
@@ -49,8 +51,11 @@ def test_shipped_configs_parse(data_dir):
 
     from safealign.train.ppo import PPOConfig
 
-    configs = sorted((Path(__file__).parents[1] / "configs").glob("*_smollm2.yaml"))
-    assert len(configs) >= 4
+    from safealign.moderation.train import ModerationConfig
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 5
     for path in configs:
-        cfg = build_config(PPOConfig if path.name.startswith("ppo") else ScoreTrainConfig, path)
-        assert cfg.lora is not None, path
+        cls = PPOConfig if path.name.startswith("ppo") else ModerationConfig if path.name.startswith("moderation") else ScoreTrainConfig
+        cfg = build_config(cls, path)
+        assert cfg.output_dir.startswith("runs/"), path

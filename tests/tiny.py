@@ -72,3 +72,17 @@ def tiny_word_llama(folder: Path, words: list[str], seed: int = 0) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def tiny_bert(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny random BERT encoder and a BPE tokenizer (a stand-in sentence encoder)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    tokenizer = tiny_tokenizer()
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -38,8 +38,12 @@ def build_config(cls: type[T], path: str | Path | None = None, overrides: list[s
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of field: value")
         raw = loaded or {}
+    repeated: dict[str, list[Any]] = {}
     for key, value in parse_overrides(overrides or []):
-        _set_dotted(raw, key, value)
+        # `--data a --data b` means both: a field given twice on the command line collects a list.
+        repeated.setdefault(key, []).append(value)
+    for key, values in repeated.items():
+        _set_dotted(raw, key, values[0] if len(values) == 1 else [v for item in values for v in (item if isinstance(item, list) else [item])])
     config = _build(cls, raw, where, prefix="")
     return config
 

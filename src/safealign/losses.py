@@ -150,3 +150,34 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean over positions where mask is 1."""
     mask = mask.to(values.dtype)
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+# --- moderation ------------------------------------------------------------------------------
+
+
+def moderation_loss(
+    unsafe_logit: Tensor,
+    category_logits: Tensor,
+    severity_logits: Tensor,
+    unsafe: Tensor,
+    categories: Tensor,
+    category_mask: Tensor,
+    severity: Tensor,
+    severity_mask: Tensor,
+    unsafe_pos_weight: Tensor | None = None,
+    category_pos_weight: Tensor | None = None,
+    severity_weight: Tensor | None = None,
+) -> Tensor:
+    """Unsafe BCE + multi-label category BCE + severity cross-entropy, each over labelled records.
+
+    L = BCE_w(u, y) + Σ m_c·BCE_w(c, y_c) / Σ m_c + Σ m_s·CE_w(s, y_s) / Σ m_s,
+    where the positive weights (and severity class weights) counter class imbalance and the
+    masks drop labels the source does not have (e.g. BeaverTails categories under the
+    PKU-SafeRLHF taxonomy, or severity of BeaverTails records).
+    unsafe_logit, unsafe: (B,); category_*: (B, C); severity_logits: (B, 4); severity, severity_mask: (B,).
+    """
+    loss = F.binary_cross_entropy_with_logits(unsafe_logit, unsafe.float(), pos_weight=unsafe_pos_weight)
+    per_category = F.binary_cross_entropy_with_logits(category_logits, categories.float(), pos_weight=category_pos_weight, reduction="none")
+    loss = loss + masked_mean(per_category, category_mask)
+    per_record = F.cross_entropy(severity_logits, severity.long().clamp(min=0), weight=severity_weight, reduction="none")
+    return loss + masked_mean(per_record, severity_mask)

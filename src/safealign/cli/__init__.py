@@ -7,6 +7,8 @@ import typer
 from safealign.cli import data as data_cli
 from safealign.cli import evaluate as evaluate_cli
 from safealign.cli.generate import generate
+from safealign.cli.guard import guard
+from safealign.cli.moderate import moderate
 from safealign.cli import models as models_cli
 from safealign.cli import train as train_cli
 
@@ -20,8 +22,10 @@ app = typer.Typer(
 app.add_typer(data_cli.app, name="data", help="Validate, describe and convert preference data.")
 app.add_typer(models_cli.app, name="models", help="Install and resolve offline models.")
 app.add_typer(train_cli.app, name="train", help="Train score models (reward, cost, attributes) and policies (SFT, DPO, PPO, PPO-Lagrangian).")
-app.add_typer(evaluate_cli.app, name="eval", help="Evaluate models.")
+app.add_typer(evaluate_cli.app, name="eval", help="Evaluate score models and moderators.")
 app.command(name="generate")(generate)
+app.command(name="moderate")(moderate)
+app.command(name="guard")(guard)
 
 
 def main() -> None:

@@ -53,3 +53,58 @@ def preference(
         console.print(cats)
     for path in written:
         console.print(f"wrote {path}")
+
+
+@app.command()
+def moderation(
+    model: Annotated[Path, typer.Option("--model", help="A moderation folder (from `safealign train moderation`).")],
+    data: Annotated[list[str], typer.Option("--data", help="Labelled evaluation data (QA records or dual pairs); repeat for more.")],
+    train_data: Annotated[Optional[list[str]], typer.Option("--train-data", help="Data for the TF-IDF baseline (default: the moderator's own training data from its run's config.yaml).")] = None,
+    format: Annotated[Optional[str], typer.Option("--format", "-f", help="Source format (detected when not given).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and pr_curve.png.")] = Path("runs/eval-moderation"),
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip bad records instead of stopping.")] = False,
+) -> None:
+    """Unsafe P/R/F1, per-category and micro/macro F1, severity accuracy and confusion, ECE, PR curve — beside a TF-IDF baseline."""
+    import yaml
+    from transformers.utils import logging as hf_logging
+
+    from safealign.data.load import load
+    from safealign.moderation.evaluate import figures, score_baseline, score_moderator, write_pr_curve, write_report
+    from safealign.moderation.model import Moderator
+    from safealign.moderation.train import qa_records
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    with user_errors():
+        moderator = Moderator.load(model)
+        records = qa_records(load(data, format, strict=not skip_invalid).records)
+        if not train_data:
+            run_config = model.parent / "config.yaml"
+            if not run_config.is_file():
+                raise FileNotFoundError(2, "no run config.yaml beside the model; pass --train-data for the baseline", str(run_config))
+            train_data = yaml.safe_load(run_config.read_text())["data"]
+        train_records = qa_records(load(train_data, format, strict=not skip_invalid).records)
+    taxonomy = moderator.meta.taxonomy
+    judges = [score_moderator(moderator, records), score_baseline(train_records, records, taxonomy)]
+    results = {j.name: figures(j, records, taxonomy) for j in judges}
+    table = Table(title=f"moderation on {len(records)} responses ({sum(not r.is_safe for r in records)} unsafe)")
+    table.add_column("metric")
+    for j in judges:
+        table.add_column(j.name, justify="right")
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    rows = [("unsafe precision", lambda r: r["unsafe"]["precision"]), ("unsafe recall", lambda r: r["unsafe"]["recall"]),
+            ("unsafe F1", lambda r: r["unsafe"]["f1"]), ("threshold", lambda r: r["threshold"]),
+            ("category micro F1", lambda r: r["category_micro_f1"]), ("category macro F1", lambda r: r["category_macro_f1"]),
+            ("severity accuracy", lambda r: r["severity_accuracy"]), ("ECE (unsafe)", lambda r: r["ece"])]
+    for label, get in rows:
+        table.add_row(label, *(fmt(get(results[j.name])) for j in judges))
+    console.print(table)
+    confusion = Table(title="severity confusion (model): rows true 0–3, columns predicted 0–3")
+    for k in range(4):
+        confusion.add_column(str(k), justify="right")
+    for row in results["model"]["severity_confusion"]:
+        confusion.add_row(*(str(v) for v in row))
+    console.print(confusion)
+    metrics_path = write_report(results, out)
+    curve = write_pr_curve(judges, records, out / "pr_curve.png")
+    console.print(f"wrote {metrics_path} and {curve}")

@@ -1,4 +1,4 @@
-"""`safealign train reward|cost|attributes|sft|dpo|ppo|ppo-lag|ppo-shaping --config FILE.yaml [--field value ...]`."""
+"""`safealign train reward|cost|attributes|moderation|sft|dpo|ppo|ppo-lag|ppo-shaping --config FILE.yaml [--field value ...]`."""
 
 from __future__ import annotations
 
@@ -63,6 +63,14 @@ app.command("attributes", context_settings=_EXTRA, help="Train a HelpSteer multi
 app.command("ppo", context_settings=_EXTRA, help="PPO of a policy against a reward model (cost only logged).")(_ppo("ppo"))
 app.command("ppo-lag", context_settings=_EXTRA, help="Safe RLHF: PPO-Lagrangian, max reward subject to mean cost ≤ d.")(_ppo("ppo-lag"))
 app.command("ppo-shaping", context_settings=_EXTRA, help="PPO on reward − λ·cost with λ fixed.")(_ppo("ppo-shaping"))
+
+
+@app.command(context_settings=_EXTRA)
+def moderation(ctx: typer.Context, config: ConfigOpt = None) -> None:
+    """Train a severity-sensitive moderator (unsafe, harm categories, severity) on QA records."""
+    from safealign.moderation.train import ModerationConfig, train_moderator
+
+    _run(ModerationConfig, train_moderator, config, ctx.args)
 
 
 @app.command(context_settings=_EXTRA)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from safealign.data.errors import DataError, RecordError
-from safealign.data.formats import beavertails, canonical, fields, helpsteer, hh_rlhf, pku
+from safealign.data.formats import beavertails, canonical, fields, helpsteer, hh_rlhf, pku, plain
 from safealign.data.records import Record
 
 Parser = Callable[[dict[str, Any], bool], Record]
@@ -67,6 +67,8 @@ FORMATS: dict[str, Format] = {
                "prompt", beavertails.parse_evaluation, beavertails.EVAL_FIELDS),
         Format("hh-rlhf", "Anthropic HH-RLHF chosen/rejected transcripts (Docta suggestions kept)",
                "preference", hh_rlhf.parse, hh_rlhf.REQUIRED, hh_rlhf.OPTIONAL),
+        Format("prompt-response", "Unlabelled answers: prompt and response (optional id, system) — e.g. for moderation",
+               "qa", plain.parse_prompt_response, plain.REQUIRED, plain.OPTIONAL),
         Format("helpsteer", "HelpSteer / HelpSteer2: prompt, response and five 0–4 attributes",
                "attribute", helpsteer.parse_columns, frozenset({"prompt", "response"}), helpsteer.COLUMNS),
         Format("steerlm", "NeMo-Aligner SteerLM regression: templated text and 9 labels (-100 missing)",

@@ -1,0 +1,64 @@
+"""Moderation metrics as pure functions: precision/recall/F1, threshold tuning, calibration."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def binary_scores(probs: Sequence[float], labels: Sequence[float], threshold: float) -> dict[str, float]:
+    """Accuracy, precision, recall and F1 of `p ≥ threshold` against 0/1 labels (positive = unsafe)."""
+    tp = fp = fn = tn = 0
+    for p, y in zip(probs, labels):
+        pred = p >= threshold
+        if pred and y:
+            tp += 1
+        elif pred:
+            fp += 1
+        elif y:
+            fn += 1
+        else:
+            tn += 1
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    total = tp + fp + fn + tn
+    return {"accuracy": (tp + tn) / total if total else 0.0, "precision": precision, "recall": recall, "f1": f1,
+            "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def best_f1_threshold(probs: Sequence[float], labels: Sequence[float]) -> tuple[float, float]:
+    """The threshold with the best F1, from one sweep over the sorted probabilities.
+
+    Candidates are midpoints between neighbouring distinct probabilities (and the lowest
+    one); ties in F1 go to the threshold closest to 0.5.
+    """
+    positives = sum(1 for y in labels if y)
+    if not probs or positives == 0:
+        return 0.5, 0.0
+    pairs = sorted(zip(probs, labels), reverse=True)
+    best = (-1.0, 0.0, 0.5)  # (f1, -distance to 0.5, threshold)
+    tp = fp = 0
+    for i, (p, y) in enumerate(pairs):
+        tp += bool(y)
+        fp += not y
+        nxt = pairs[i + 1][0] if i + 1 < len(pairs) else None
+        if nxt is not None and nxt == p:
+            continue  # a threshold cannot split equal probabilities
+        cut = p if nxt is None else (p + nxt) / 2
+        f1 = 2 * tp / (tp + fp + positives)
+        best = max(best, (f1, -abs(cut - 0.5), cut))
+    return best[2], best[0]
+
+
+def expected_calibration_error(probs: Sequence[float], labels: Sequence[float], bins: int = 10) -> float:
+    """ECE: Σ_b (n_b / N)·|mean label − mean probability| over equal-width probability bins."""
+    if not probs:
+        return 0.0
+    totals = [[0, 0.0, 0.0] for _ in range(bins)]
+    for p, y in zip(probs, labels):
+        b = min(int(p * bins), bins - 1)
+        totals[b][0] += 1
+        totals[b][1] += y
+        totals[b][2] += p
+    n = len(probs)
+    return sum(c / n * abs(ys / c - ps / c) for c, ys, ps in totals if c)
