@@ -129,3 +129,21 @@ def test_resume_restores_lambda_window_and_sampling(tmp_path):
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     for key in ("train/lambda", "train/episode_cost", "train/reward", "train/actor_loss"):
         assert b[-1][key] == pytest.approx(a[-1][key], abs=1e-5), key
+
+
+@pytest.mark.parametrize("launch, words", [("accelerate_zero3.yaml", "DeepSpeed ZeRO-3 on 8 processes"),
+                                           ("accelerate_fsdp.yaml", "FSDP FULL_SHARD on 8 processes")])
+def test_7b_configs_dry_run_prints_the_memory_estimate(launch, words):
+    from pathlib import Path
+
+    from conftest import run_cli
+
+    scale = Path(__file__).parents[1] / "configs" / "scale"
+    proc = run_cli("train", "ppo-lag", "--config", str(scale / "ppo_lag_7b.yaml"), "--dry_run",
+                   "--accelerate_config", str(scale / launch), cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr
+    assert words in proc.stdout and "dry run: config checked" in proc.stdout
+    actor = next(line for line in proc.stdout.splitlines() if line.startswith("actor"))
+    assert "6772.0M" in actor and "33.55M" in actor  # 7B weights, LoRA r=64 trainable
+    total = float(next(line for line in proc.stdout.splitlines() if line.startswith("total")).split()[-1].rstrip("G"))
+    assert 5 < total < 40  # fits one 40–80 GB GPU per process once sharded over 8

@@ -34,6 +34,9 @@ def _run(config_cls: type, run: Callable[[Any], dict[str, float]], config: Path 
             metrics = run(cfg)
         except (TrainingError, ConfigError) as exc:
             raise fail(str(exc)) from None
+    if cfg.dry_run:
+        typer.echo("dry run: config checked, nothing trained")
+        return
     typer.echo(f"model saved to {Path(cfg.output_dir) / 'model'}")
     if metrics:
         typer.echo("final: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))

@@ -50,6 +50,8 @@ class RunConfig:
     """Resume from the newest complete checkpoint in output_dir when there is one."""
     num_threads: int | None = None
     """torch CPU threads (None keeps torch's default)."""
+    dry_run: bool = False
+    """Check the config and print what the run will need, then stop before loading any weights."""
 
     def validate(self) -> None:
         """Reject impossible settings early, naming the field."""

@@ -51,13 +51,46 @@ def count_parameters(name_or_path: str, lora: object | None = None, score_head: 
     return total + trainable, trainable
 
 
-def format_table(rows: list[ModelMemory], activations: float) -> str:
-    """A plain-text table of the estimate (GiB), for printing before a run."""
+@dataclass
+class Sharding:
+    """How a launch spreads the state over devices (read from an accelerate config file)."""
+
+    processes: int = 1
+    shard_weights: bool = False  # ZeRO-3 / FSDP FULL_SHARD
+    shard_training_state: bool = False  # ZeRO-2/3 / FSDP (gradients and optimizer states)
+    description: str = "one process"
+
+
+def read_accelerate_config(path: str) -> Sharding:
+    """The process count and sharding of an `accelerate launch --config_file` YAML (DDP, DeepSpeed ZeRO, FSDP)."""
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        cfg = yaml.safe_load(f) or {}
+    processes = int(cfg.get("num_processes", 1))
+    kind = str(cfg.get("distributed_type", "NO")).upper()
+    if kind == "DEEPSPEED":
+        stage = int((cfg.get("deepspeed_config") or {}).get("zero_stage", 0))
+        return Sharding(processes, stage >= 3, stage >= 2, f"DeepSpeed ZeRO-{stage} on {processes} processes")
+    if kind == "FSDP":
+        strategy = str((cfg.get("fsdp_config") or {}).get("fsdp_sharding_strategy", "FULL_SHARD")).upper()
+        full = strategy in ("FULL_SHARD", "1", "HYBRID_SHARD")
+        return Sharding(processes, full, True, f"FSDP {strategy} on {processes} processes")
+    return Sharding(processes, False, False, f"{kind} on {processes} processes")
+
+
+def format_table(rows: list[ModelMemory], activations: float, sharding: Sharding | None = None) -> str:
+    """A plain-text table of the estimate per device (GiB), for printing before a run."""
+    sharding = sharding or Sharding()
     gib = 2**30
-    lines = [f"{'model':<16}{'params':>12}{'trainable':>12}{'weights':>10}{'grad+adam':>11}"]
+    w_div = sharding.processes if sharding.shard_weights else 1
+    t_div = sharding.processes if sharding.shard_training_state else 1
+    lines = [f"per device, {sharding.description}:",
+             f"{'model':<16}{'params':>12}{'trainable':>12}{'weights':>10}{'grad+adam':>11}"]
     for r in rows:
-        lines.append(f"{r.role:<16}{r.params / 1e6:>11.1f}M{r.trainable / 1e6:>11.2f}M{r.weights / gib:>9.2f}G{r.training_state / gib:>10.2f}G")
-    total = sum(r.weights + r.training_state for r in rows) + activations
+        lines.append(f"{r.role:<16}{r.params / 1e6:>11.1f}M{r.trainable / 1e6:>11.2f}M"
+                     f"{r.weights / w_div / gib:>9.2f}G{r.training_state / t_div / gib:>10.2f}G")
+    total = sum(r.weights / w_div + r.training_state / t_div for r in rows) + activations
     lines.append(f"{'activations':<16}{'':>24}{activations / gib:>9.2f}G  (rough: batch × length × hidden × layers)")
     lines.append(f"{'total':<16}{'':>24}{total / gib:>9.2f}G")
     return "\n".join(lines)

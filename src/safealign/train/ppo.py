@@ -111,6 +111,8 @@ class PPOConfig(RunConfig):
     """Steps before λ starts to move."""
     shaping_lambda: float = 1.0
     """Fixed λ of ppo-shaping (reward R − λ·C)."""
+    accelerate_config: str | None = None
+    """The accelerate config file the run is launched with; the memory estimate reads its process count and sharding."""
 
     def validate(self) -> None:
         """Check settings once, early."""
@@ -153,6 +155,9 @@ def train_ppo(
     set_seed(cfg.seed)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    if cfg.dry_run:
+        print(memory_estimate(cfg, algorithm), flush=True)
+        return {}
     acc = make_accelerator(cfg)
     if acc.is_main_process:
         print(memory_estimate(cfg, algorithm), flush=True)
@@ -341,4 +346,5 @@ def memory_estimate(cfg: PPOConfig, algorithm: Algorithm) -> str:
         rows.append(memory.ModelMemory(role, *memory.count_parameters(source, cfg.lora, score_head=True), weight_bytes))
     length = cfg.max_prompt_length + cfg.max_new_tokens
     activations = memory.activation_bytes(cfg.actor, cfg.minibatch_size, length, cfg.dtype, cfg.gradient_checkpointing)
-    return "memory estimate (before loading):\n" + memory.format_table(rows, activations)
+    sharding = memory.read_accelerate_config(cfg.accelerate_config) if cfg.accelerate_config else None
+    return "memory estimate (before loading):\n" + memory.format_table(rows, activations, sharding)
