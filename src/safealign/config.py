@@ -48,6 +48,13 @@ def build_config(cls: type[T], path: str | Path | None = None, overrides: list[s
     return config
 
 
+def config_from_mapping(cls: type[T], raw: dict[str, Any], where: str = "config") -> T:
+    """A validated `cls` from an in-memory mapping (e.g. one stage of a pipeline file)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of field: value")
+    return _build(cls, dict(raw), where, prefix="")
+
+
 def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
     """`--key value` / `--key=value` pairs; values are read as YAML scalars or lists."""
     pairs: list[tuple[str, Any]] = []

@@ -10,6 +10,7 @@ from typing import TypeVar
 import typer
 from rich.console import Console
 
+from safealign.config import ConfigError
 from safealign.data.errors import DataError
 
 console = Console(highlight=False, soft_wrap=True)
@@ -28,7 +29,7 @@ def user_errors() -> Iterator[None]:
     """Turn DataError (and other expected input errors) into a one-line message and exit 1."""
     try:
         yield
-    except DataError as exc:
+    except (DataError, ConfigError) as exc:
         raise fail(str(exc)) from None
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         raise fail(f"{exc.filename}: {exc.strerror}") from None

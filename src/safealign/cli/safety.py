@@ -23,35 +23,28 @@ def safety(
     max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer at most.")] = 128,
     temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.0,
     batch_size: Annotated[int, typer.Option(help="Prompts per generate call.")] = 8,
-    format: Annotated[Optional[str], typer.Option("--format", "-f", help="Source format (detected when not given).")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
 ) -> None:
     """Sample answers, judge them, and report the unsafe-answer rate overall and per category."""
-    from accelerate.utils import set_seed
     from transformers.utils import logging as hf_logging
 
-    from safealign.data.load import load
-    from safealign.evaluate.safety import evaluate_safety, first_per_category, write_outputs
-    from safealign.generate import load_generator
-    from safealign.moderation.model import Moderator
-    from safealign.train.rollout import ModelScorer, SamplingSettings
+    from safealign.evaluate.safety_config import SafetyEvalConfig, run_safety_eval
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    cfg = SafetyEvalConfig(policy, str(moderator), prompts, str(reward) if reward else None, str(cost) if cost else None,
+                           str(out), per_category, limit, max_new_tokens, temperature, batch_size, seed)
     with user_errors():
-        records = load(prompts, format).records
-        if per_category:
-            records = first_per_category(records, per_category)
-        records = records[:limit]
-        judge = Moderator.load(moderator)
-        model, tokenizer = load_generator(policy)
-        reward_scorer = ModelScorer(reward) if reward else None
-        cost_scorer = ModelScorer(cost) if cost else None
-    set_seed(seed)
-    metrics, rows = evaluate_safety(model, tokenizer, records, judge, SamplingSettings(max_new_tokens, temperature, 0.95),
-                                    reward_scorer, cost_scorer, batch_size)
-    table = Table(title=f"safety of {policy} on {len(rows)} prompts")
+        cfg.validate()
+        metrics = run_safety_eval(cfg)
+    print_safety(metrics, f"safety of {policy}")
+    console.print(f"wrote {out / 'answers.jsonl'}, {out / 'metrics.json'} and {out / 'unsafe_rate_by_category.png'}")
+
+
+def print_safety(metrics: dict, title: str) -> None:
+    """The metrics as a table: overall, then one row per category."""
     columns = [k for k in metrics["overall"] if k != "answers"]
+    table = Table(title=f"{title} ({metrics['overall']['answers']} prompts)")
     table.add_column("category")
     table.add_column("answers", justify="right")
     for column in columns:
@@ -59,5 +52,3 @@ def safety(
     for name, block in [("overall", metrics["overall"]), *metrics["per_category"].items()]:
         table.add_row(name, str(block["answers"]), *(f"{block[c]:.3f}" for c in columns))
     console.print(table)
-    for path in write_outputs(metrics, rows, out):
-        console.print(f"wrote {path}")

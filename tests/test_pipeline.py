@@ -1,0 +1,64 @@
+"""`safealign run`: a whole tiny pipeline, skipping finished stages on re-run, and the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import DATA, run_cli
+from tiny import tiny_bert, tiny_llama
+
+from safealign.config import ConfigError
+from safealign.pipeline import load_pipeline
+
+V1 = str(DATA / "pku_saferlhf/v1_test_sample.jsonl")
+PROMPTS = str(DATA / "beavertails/evaluation_700.json")
+
+
+def pipeline_file(tmp_path, policy, encoder):
+    small = {"max_steps": 2, "per_device_batch_size": 4, "max_length": 64, "num_threads": 1, "save_every": 0, "eval_every": 0}
+    stages = [
+        {"name": "reward", "kind": "train-reward", "with": {"model": str(policy), "data": [V1], **small}},
+        {"name": "cost", "kind": "train-cost", "with": {"model": str(policy), "data": [V1], **small}},
+        {"name": "moderation", "kind": "train-moderation", "with": {"model": str(encoder), "data": [V1], **small}},
+        {"name": "safety-before", "kind": "eval-safety",
+         "with": {"policy": str(policy), "moderator": "@moderation", "prompts": [PROMPTS], "per_category": 1, "max_new_tokens": 4}},
+        {"name": "policy", "kind": "ppo-lag",
+         "with": {"actor": str(policy), "reward_model": "@reward", "cost_model": "@cost", "prompts": [PROMPTS + ":0.01"],
+                  "max_steps": 2, "rollout_batch_size": 4, "minibatch_size": 2, "max_new_tokens": 4, "num_threads": 1}},
+        {"name": "safety-after", "kind": "eval-safety",
+         "with": {"policy": "@policy", "moderator": "@moderation", "prompts": [PROMPTS], "per_category": 1, "max_new_tokens": 4,
+                  "cost": "@cost"}},
+        {"name": "report", "kind": "report"},
+    ]
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "stages": stages}))
+    return path
+
+
+def test_pipeline_runs_skips_finished_stages_and_reports(tmp_path):
+    path = pipeline_file(tmp_path, tiny_llama(tmp_path / "policy"), tiny_bert(tmp_path / "encoder"))
+    first = run_cli("run", str(path))
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "run"
+    assert "report: " in first.stdout
+    page = (run / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 5 and "Before vs after" in page
+    assert (run / "policy" / "curves.png").is_file() and (run / "unsafe_before_after.png").is_file()
+    marker = json.loads((run / "policy" / "stage.json").read_text())
+    assert marker["kind"] == "ppo-lag" and "train/lambda" in marker["metrics"]
+    (run / "report" / "stage.json").unlink()  # the report is redone, everything else is skipped
+    second = run_cli("run", str(path))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("done, skipped") == 6
+
+
+def test_pipeline_file_errors_name_the_stage(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"stages": [{"name": "p", "kind": "ppo-lag", "with": {"reward_model": "@nowhere"}}]}))
+    with pytest.raises(ConfigError, match="stage p: '@nowhere' does not name an earlier stage"):
+        load_pipeline(bad)
+    bad.write_text(yaml.safe_dump({"stages": [{"name": "x", "kind": "juggle"}]}))
+    with pytest.raises(ConfigError, match=r"stages\[0\]: kind: must be one of"):
+        load_pipeline(bad)
