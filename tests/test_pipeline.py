@@ -62,3 +62,17 @@ def test_pipeline_file_errors_name_the_stage(tmp_path):
     bad.write_text(yaml.safe_dump({"stages": [{"name": "x", "kind": "juggle"}]}))
     with pytest.raises(ConfigError, match=r"stages\[0\]: kind: must be one of"):
         load_pipeline(bad)
+
+
+def test_shipped_demo_pipeline_checks():
+    from pathlib import Path
+
+    from safealign.config import config_from_mapping
+    from safealign.pipeline import _kinds, _resolve
+
+    run_dir, stages = load_pipeline(Path(__file__).parents[1] / "configs" / "demo_pipeline.yaml")
+    kinds = _kinds()
+    assert [s.kind for s in stages][-1] == "report" and "ppo-lag" in [s.kind for s in stages]
+    for stage in stages:
+        if stage.kind != "report":
+            config_from_mapping(kinds[stage.kind][0], {**_resolve(stage.settings, run_dir), "output_dir": str(run_dir / stage.name)})
