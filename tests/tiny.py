@@ -31,13 +31,17 @@ def tiny_tokenizer(vocab_size: int = 384):
 
 def tiny_llama(folder: Path, seed: int = 0) -> Path:
     """Save a tiny random Llama causal LM and its tokenizer to `folder`."""
+    return _save_llama(folder, tiny_tokenizer(), max_positions=512, seed=seed)
+
+
+def _save_llama(folder: Path, tokenizer, max_positions: int, seed: int) -> Path:
+    """A random Llama (hidden 32, 2 layers) sized to `tokenizer`, saved with it."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = tiny_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
     )
     torch.manual_seed(seed)
@@ -59,19 +63,7 @@ def word_tokenizer(words: list[str]):
 
 def tiny_word_llama(folder: Path, words: list[str], seed: int = 0) -> Path:
     """A tiny random Llama over a word-level vocabulary (for controlled RL tasks)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = word_tokenizer(words)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-    )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _save_llama(folder, word_tokenizer(words), max_positions=64, seed=seed)
 
 
 def tiny_bert(folder: Path, seed: int = 0) -> Path:
