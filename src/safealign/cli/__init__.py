@@ -9,7 +9,10 @@ from safealign.cli import evaluate as evaluate_cli
 from safealign.cli.generate import generate
 from safealign.cli.guard import guard
 from safealign.cli.moderate import moderate
+from safealign.cli.run import report, run
+from safealign.cli.safety import safety
 from safealign.cli import models as models_cli
+from safealign.cli import serve as serve_cli
 from safealign.cli import train as train_cli
 
 app = typer.Typer(
@@ -22,10 +25,14 @@ app = typer.Typer(
 app.add_typer(data_cli.app, name="data", help="Validate, describe and convert preference data.")
 app.add_typer(models_cli.app, name="models", help="Install and resolve offline models.")
 app.add_typer(train_cli.app, name="train", help="Train score models (reward, cost, attributes) and policies (SFT, DPO, PPO, PPO-Lagrangian).")
-app.add_typer(evaluate_cli.app, name="eval", help="Evaluate score models and moderators.")
+evaluate_cli.app.command(name="safety")(safety)
+app.add_typer(evaluate_cli.app, name="eval", help="Evaluate score models, moderators and policies.")
+app.add_typer(serve_cli.app, name="serve", help="Serve models over HTTP (moderation: OpenAI-compatible /v1/moderations).")
 app.command(name="generate")(generate)
 app.command(name="moderate")(moderate)
 app.command(name="guard")(guard)
+app.command(name="run")(run)
+app.command(name="report")(report)
 
 
 def main() -> None:
