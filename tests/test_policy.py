@@ -41,7 +41,8 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def config(cls, tiny: Path, out: Path, *extra: str):
-    base = ["--model", str(tiny), "--data", V1, "--output_dir", str(out), "--max_length", "128", "--warmup_ratio", "0",
+    data = [] if "--data" in extra else ["--data", V1]  # a repeated --data would collect both
+    base = ["--model", str(tiny), *data, "--output_dir", str(out), "--max_length", "128", "--warmup_ratio", "0",
             "--eval_every", "0", "--save_every", "0", "--num_threads", "1", "--per_device_batch_size", "8"]
     return build_config(cls, None, base + list(extra))
 
