@@ -31,6 +31,7 @@ class SamplingSettings:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     min_new_tokens: int = 0
+    top_k: int = 0  # 0 = off; generate's default of 50 would make PPO sample from a truncated π
 
 
 @dataclass
@@ -67,6 +68,7 @@ def sample(actor: Any, tokenizer: Any, prompt_ids: Tensor, prompt_mask: Tensor, 
         do_sample=not greedy,
         temperature=None if greedy else settings.temperature,
         top_p=None if greedy else settings.top_p,
+        top_k=None if greedy else settings.top_k,
         repetition_penalty=settings.repetition_penalty,
         max_new_tokens=settings.max_new_tokens,
         min_new_tokens=settings.min_new_tokens,
