@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -26,7 +27,8 @@ def moderation(
     max_request_bytes: Annotated[int, typer.Option(help="Largest request body (413 above).")] = 1_000_000,
     max_inputs: Annotated[int, typer.Option(help="Most inputs per request (422 above).")] = 256,
     max_chars: Annotated[int, typer.Option(help="Most characters per input, prompt + response (422 above).")] = 32_000,
-    threads: Annotated[int, typer.Option(help="Torch threads of the model worker.")] = 2,
+    threads: Annotated[Optional[int], typer.Option(
+        show_default=False, help="Torch threads of the model worker (default: CPU cores - 1, at least 1).")] = None,
     forward_batch: Annotated[int, typer.Option(help="Inputs per forward pass (length-sorted) within a model call.")] = 16,
     bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 autocast: ~2x faster on CPUs with AMX/AVX512-BF16; probabilities shift ~1e-4.")] = False,
     model_name: Annotated[Optional[str], typer.Option(help="Name reported in responses (default: the folder name).")] = None,
@@ -41,10 +43,13 @@ def moderation(
     from safealign.moderation.model import Moderator
     from safealign.moderation.server import ServerConfig, create_app
 
-    import os, sys; sys.setswitchinterval(float(os.environ.get("XSW", "0.005")))  # EXPERIMENT
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    # One core is left to the event loop: torch's OpenMP threads spin-wait, and when they share
+    # cores with the HTTP side a forward pass can slow tenfold.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    threads = threads or max(1, cores - 1)
     config = ServerConfig(max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_request_bytes=max_request_bytes,
                           max_inputs=max_inputs, max_chars=max_chars, api_key=api_key or None,
                           model_name=model_name or _default_name(model), threads=threads,

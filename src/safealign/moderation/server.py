@@ -69,8 +69,8 @@ class ServerConfig:
     """When set, every moderation request needs `Authorization: Bearer <key>`."""
     model_name: str = "safealign-moderation"
     """The name reported in responses and /healthz."""
-    threads: int = 2
-    """Torch threads of the model worker."""
+    threads: int = 1
+    """Torch threads of the model worker (leave the event loop a core: see `safealign serve moderation`)."""
     forward_batch: int = 16
     """Inputs per forward pass within a model call (sorted by length first, so padding stays small)."""
     bf16: bool = False
