@@ -69,7 +69,7 @@ def train(task: Task, cfg: LoopConfig, accelerator: Accelerator | None = None) -
             f"(per_device_batch_size × processes × gradient_accumulation_steps)"
         )
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    optimizer = torch.optim.AdamW(param_groups(task.model, cfg.weight_decay), lr=cfg.learning_rate)
+    optimizer = make_optimizer(task.model, cfg.weight_decay, cfg.learning_rate)
     scheduler = make_scheduler(optimizer, cfg, total)
     model, optimizer = acc.prepare(task.model, optimizer)
     # Stepped by hand, not prepared: accelerate would step it once per process.
@@ -234,6 +234,15 @@ def resume_state(acc: Accelerator, out: Path) -> dict[str, Any]:
         return {}
     acc.load_state(str(checkpoint))
     return json.loads((checkpoint / STATE_FILE).read_text())
+
+
+def make_optimizer(model: nn.Module, weight_decay: float, learning_rate: float) -> torch.optim.Optimizer:
+    """AdamW, fused where torch has a fused kernel (on CPU the default per-tensor loop is ~3× slower)."""
+    groups = param_groups(model, weight_decay)
+    try:
+        return torch.optim.AdamW(groups, lr=learning_rate, fused=True)
+    except (RuntimeError, ValueError):  # parameters of a kind the fused kernel does not take
+        return torch.optim.AdamW(groups, lr=learning_rate)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ from safealign.models.score import LoraSettings, ScoreModel
 from safealign.train import memory
 from safealign.train.config import RunConfig, write_run_config
 from safealign.train.lagrange import LagrangeMultiplier
-from safealign.train.loop import make_accelerator, make_scheduler, param_groups, progress_bar, resume_state, save_checkpoint
+from safealign.train.loop import make_accelerator, make_optimizer, make_scheduler, param_groups, progress_bar, resume_state, save_checkpoint
 from safealign.train.metrics import MetricsLogger
 from safealign.train.policy import load_policy, save_policy
 from safealign.train.rollout import ModelScorer, Rollout, SamplingSettings, Scorer, critic_values, encode_prompts, sample, shaped_rewards, token_log_probs
@@ -166,7 +166,7 @@ def train_ppo(
     out = write_run_config(cfg, algorithm)
     total = cfg.max_steps or 100
     critics = [c for c in (models.reward_critic, models.cost_critic) if c is not None]
-    actor_opt = torch.optim.AdamW(param_groups(models.actor, cfg.weight_decay), lr=cfg.learning_rate)
+    actor_opt = make_optimizer(models.actor, cfg.weight_decay, cfg.learning_rate)
     critic_opt = torch.optim.AdamW(
         [g for c in critics for g in param_groups(c, cfg.weight_decay)], lr=cfg.critic_learning_rate or cfg.learning_rate
     )
