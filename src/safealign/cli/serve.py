@@ -46,8 +46,8 @@ def moderation(
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
-    # One core is left to the event loop: torch's OpenMP threads spin-wait, and when they share
-    # cores with the HTTP side a forward pass can slow tenfold.
+    # One core is left to the event loop and clients: torch's OpenMP threads wait on each other, and
+    # when other work takes one of their cores, throughput fell 16-fold here (2 threads on 2 cores).
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
     threads = threads or max(1, cores - 1)
     config = ServerConfig(max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_request_bytes=max_request_bytes,
