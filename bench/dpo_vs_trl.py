@@ -15,8 +15,10 @@ half its steps is retried (see `WindowProbe` in ppo_vs_trl.py).
   sequence end); the first steps × batch of them are used, one epoch. safealign trains from a
   JSONL file of exactly those records; TRL gets the same ids as `prompt_ids` / `chosen_ids` /
   `rejected_ids` (its tokenisation step is skipped; the collator, model and loss are TRL's).
-- Order: TRL reads the dataset sequentially in the batch order safealign's loop draws
-  (`epoch_batches`, length grouped), so both pad and compute the same batches.
+- Order: both hold the pairs in file order (so both reference passes see the same batches,
+  in file order, batch = the training batch); TRL's training sampler is replaced by the batch
+  order safealign's loop draws (`epoch_batches`, length grouped), so both pad and compute the
+  same training batches.
 - Reference: full fine-tune (default): both precompute the reference log-probs of every
   training pair before training (safealign always does without LoRA; TRL
   `precompute_ref_log_probs=True`, batch = the training batch). `--lora`: LoRA r=8, α=16 on
@@ -29,8 +31,9 @@ half its steps is retried (see `WindowProbe` in ppo_vs_trl.py).
   (safealign `torch.optim.AdamW()`, TRL `adamw_torch_fused`).
 - Timing: steady-state wall time between the ends of optimizer steps after `--warmup` steps
   (everything each library does per step). The precompute pass is *excluded* from tokens/s and
-  printed on its own; "end-to-end" adds it back: all tokens of all steps / (precompute + every
-  step from the start of the first).
+  printed on its own (with the other processes' CPU during it: a run whose precompute was
+  disturbed is retried like one with disturbed steps); "end-to-end" adds it back: all tokens
+  of all steps / (precompute + every step from the start of the first).
 - Tokens: non-padding tokens (attention mask) of chosen + rejected, prompt included, per step;
   safealign's counted from the step's example ids, TRL's from its batch attention masks
   (`_total_train_tokens`). The two counts must agree (printed when not).
@@ -63,7 +66,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ppo_vs_trl import WindowProbe, build_tiny_llama, peak_rss_note, wait_for_quiet  # noqa: E402
+from ppo_vs_trl import (  # noqa: E402
+    WindowProbe, build_tiny_llama, cpu_snapshot, foreign_cores, peak_rss_note, wait_for_quiet,
+)
 
 from safealign.assets import sample_path  # noqa: E402
 
@@ -147,9 +152,10 @@ def run_safealign(prep: dict[str, Any], args: argparse.Namespace, scratch: Path)
         return metrics
 
     def timed_reference(*a: Any, **k: Any) -> None:
-        started = time.perf_counter()
+        before = cpu_snapshot()
         original_reference(*a, **k)
-        marks["precompute"] = time.perf_counter() - started
+        after = cpu_snapshot()
+        marks["precompute"], marks["precompute_foreign"] = after[0] - before[0], foreign_cores(before, after)
 
     cfg = dpo.DPOConfig(
         model=prep["location"], data=[prep["data_file"]], validation_split=0.0, output_dir=str(scratch / "run"),
@@ -165,7 +171,7 @@ def run_safealign(prep: dict[str, Any], args: argparse.Namespace, scratch: Path)
     finally:
         loop._step, dpo.attach_reference = original_step, original_reference
     return {**probe.result(), "tokens": tokens, "start": marks["start"], "precompute": marks.get("precompute", 0.0),
-            "peak_rss": peak_rss_note()}
+            "precompute_foreign": marks.get("precompute_foreign", 0.0), "peak_rss": peak_rss_note()}
 
 
 def run_trl(prep: dict[str, Any], args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
@@ -187,10 +193,14 @@ def run_trl(prep: dict[str, Any], args: argparse.Namespace, scratch: Path) -> di
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # type: ignore[no-untyped-def]
             return dataset
 
+        def _get_train_sampler(self, train_dataset=None):  # type: ignore[no-untyped-def]
+            return list(prep["order"])  # safealign's batch order over the file-order dataset
+
         def _precompute_ref_logps(self, dataset, name, batch_size):  # type: ignore[no-untyped-def]
-            started = time.perf_counter()
+            before = cpu_snapshot()
             out = super()._precompute_ref_logps(dataset, name, batch_size)
-            marks["precompute"] = marks.get("precompute", 0.0) + time.perf_counter() - started
+            after = cpu_snapshot()
+            marks["precompute"], marks["precompute_foreign"] = after[0] - before[0], foreign_cores(before, after)
             return out
 
     class StepTimer(TrainerCallback):
@@ -203,8 +213,7 @@ def run_trl(prep: dict[str, Any], args: argparse.Namespace, scratch: Path) -> di
             tokens.append(trainer._total_train_tokens - sum(tokens))
             return control
 
-    rows = [prep["examples"][i] for i in prep["order"]]
-    dataset = Dataset.from_list(rows)
+    dataset = Dataset.from_list(prep["examples"])  # file order, as safealign holds them
     tokenizer = load_score_tokenizer(prep["location"])  # the pad token safealign uses, right padding
     model = AutoModelForCausalLM.from_pretrained(prep["location"], dtype=torch.float32)
     peft_config = None
@@ -218,13 +227,13 @@ def run_trl(prep: dict[str, Any], args: argparse.Namespace, scratch: Path) -> di
         precompute_ref_log_probs=not args.lora, precompute_ref_batch_size=args.batch_size,
         gradient_checkpointing=False, bf16=False, fp16=False, max_grad_norm=1.0, lr_scheduler_type="cosine",
         warmup_steps=0, eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True,
-        train_sampling_strategy="sequential", dataloader_drop_last=True, logging_steps=10,
+        dataloader_drop_last=True, logging_steps=10,
     )
     trainer = PretokenizedDPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                                      callbacks=[StepTimer()], peft_config=peft_config)
     trainer.train()
     return {**probe.result(), "tokens": tokens, "start": marks["start"], "precompute": marks.get("precompute", 0.0),
-            "peak_rss": peak_rss_note()}
+            "precompute_foreign": marks.get("precompute_foreign", 0.0), "peak_rss": peak_rss_note()}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -266,16 +275,16 @@ def spawn(side: str, name: str, args: argparse.Namespace, scratch: Path) -> dict
         r["window_rate"] = r["timed_tokens"] / (r["ends"][-1] - r["ends"][w - 1])
         r["end_to_end_rate"] = sum(r["tokens"]) / (r["precompute"] + r["ends"][-1] - r["start"])
         r["load_before"] = load
-        clean = len(r["rates"]) * 2 >= len(rates)
+        clean = len(r["rates"]) * 2 >= len(rates) and r["precompute_foreign"] <= args.max_foreign
         shown = f"median {statistics.median(r['rates']):.0f} tok/s" if r["rates"] else "no clean step"
         print(f"  {name} {side:<10} {shown} over {len(r['rates'])}/{len(rates)} clean steps, precompute "
-              f"{r['precompute']:.1f} s (load before {load:.2f}, other processes {r['foreign_cores']:.2f} cores while timed"
+              f"{r['precompute']:.1f} s with {r['precompute_foreign']:.2f} other cores (load before {load:.2f}, other processes {r['foreign_cores']:.2f} cores while timed"
               f"{'' if clean else ': disturbed'}, wall {time.perf_counter() - started:.0f} s, peak RSS {r['peak_rss']})",
               flush=True)
         tries.append(r)
         if clean:
             break
-    best = max(tries, key=lambda r: len(r["rates"]))
+    best = max(tries, key=lambda r: (len(r["rates"]), -r["precompute_foreign"]))
     if not best["rates"]:
         raise SystemExit(f"{side} on {name}: no undisturbed step in {len(tries)} runs; try again on a quieter machine")
     return best
@@ -297,6 +306,7 @@ def measure(name: str, args: argparse.Namespace, scratch: Path) -> dict[str, Any
             "window_tokens_per_second": statistics.median(r["window_rate"] for r in rs),
             "end_to_end_tokens_per_second": statistics.median(r["end_to_end_rate"] for r in rs),
             "precompute_seconds": statistics.median(r["precompute"] for r in rs),
+            "precompute_foreign": [round(r["precompute_foreign"], 3) for r in rs],
             "peak_rss": [r["peak_rss"] for r in rs],
             "foreign_cores": [round(r["foreign_cores"], 3) for r in rs],
             "clean_steps": [len(r["rates"]) for r in rs],
