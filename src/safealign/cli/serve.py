@@ -30,7 +30,8 @@ def moderation(
     threads: Annotated[Optional[int], typer.Option(
         show_default=False, help="Torch threads of the model worker (default: CPU cores - 1, at least 1).")] = None,
     forward_batch: Annotated[int, typer.Option(help="Inputs per forward pass (length-sorted) within a model call.")] = 16,
-    bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 autocast: ~2x faster on CPUs with AMX/AVX512-BF16; probabilities shift ~1e-4.")] = False,
+    bf16: Annotated[bool, typer.Option(
+        "--bf16", help="bfloat16 autocast: ~2x faster on CPUs with AMX/AVX512-BF16; probabilities shift ~1e-4.")] = False,
     model_name: Annotated[Optional[str], typer.Option(help="Name reported in responses (default: the folder name).")] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
