@@ -43,7 +43,8 @@ Models: `tiny` (random 2-layer Llama, hidden 32, BPE tokenizer trained on the da
 
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 .bench-venv/bin/python bench/dpo_vs_trl.py \\
         [--models tiny,smollm2] [--steps N] [--warmup 2] [--batch-size 4] [--max-length N] \\
-        [--threads 2] [--lora] [--repeats 2] [--max-load 1.2] [--json FILE]
+        [--threads 2] [--lora] [--repeats 2] [--max-load 1.2] [--max-foreign 0.3] [--retries 3] \\
+        [--json FILE]
 
 Needs TRL with `DPOTrainer` (the bench venv of bench/requirements.txt).
 """

@@ -36,10 +36,14 @@ Same setting on both sides:
 PPO-Lagrangian adds a cost model (another random sequence-classification Llama as a ScoreModel
 folder) and a cost critic initialised from it, on the same prompts and batch shapes.
 
+A fourth side, `trl-ppo-nogc`, is TRL with its trainer module's `gc.collect()` made a no-op:
+informative only (TRL as shipped collects twice per step, which dominates a tiny-model step);
+the target is judged against TRL as shipped.
+
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 .bench-venv-ppo/bin/python bench/ppo_vs_trl.py \\
         [--steps 16] [--warmup 3] [--repeats 2] [--rollout-batch 16] [--minibatch 8] \\
         [--prompt-length 48] [--response-length 48] [--threads 2] [--max-load 1.2] \\
-        [--profile FILE] [--json FILE]
+        [--max-foreign 0.3] [--retries 3] [--profile FILE] [--json FILE]
 
 Needs TRL 1.12 (the last release with `trl.experimental.ppo`): see bench/requirements-trl-ppo.txt.
 `--profile FILE` also runs one more safealign PPO run under cProfile and writes the top
@@ -357,7 +361,7 @@ def worker(args: argparse.Namespace) -> None:
 def spawn(kind: str, args: argparse.Namespace, scratch: Path, profile: str | None = None) -> dict[str, Any]:
     """Run one side in a fresh subprocess after waiting for a quiet machine; retry a disturbed run."""
     tries: list[dict[str, Any]] = []
-    for attempt in range(1 + args.retries):
+    for _ in range(1 + args.retries):
         load = wait_for_quiet(args.max_load)
         result_file = scratch / f"result-{kind}-{time.time_ns()}.json"
         cmd = [sys.executable, __file__, *sys.argv[1:], "--worker", kind, "--scratch", str(scratch), "--result", str(result_file)]
