@@ -43,7 +43,7 @@ Models: `tiny` (random 2-layer Llama, hidden 32, BPE tokenizer trained on the da
 
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 .bench-venv/bin/python bench/dpo_vs_trl.py \\
         [--models tiny,smollm2] [--steps N] [--warmup 2] [--batch-size 4] [--max-length N] \\
-        [--threads 2] [--lora] [--repeats 2] [--max-load 1.2] [--max-foreign 0.3] [--retries 3] \\
+        [--threads 2] [--lora] [--pack on|off] [--repeats 2] [--max-load 1.2] [--max-foreign 0.3] [--retries 3] \\
         [--json FILE]
 
 Needs TRL with `DPOTrainer` (the bench venv of bench/requirements.txt).
@@ -95,6 +95,7 @@ def prepare(name: str, steps: int, args: argparse.Namespace, scratch: Path) -> d
     from safealign.data.derive import pair_to_preference
     from safealign.data.load import load
     from safealign.data.records import dialogue
+    from safealign.models.packing import packed_length
     from safealign.models.score import load_score_tokenizer
     from safealign.train.batching import epoch_batches
     from safealign.train.policy import IGNORE, encode_response
@@ -123,7 +124,9 @@ def prepare(name: str, steps: int, args: argparse.Namespace, scratch: Path) -> d
     kept_lines, examples = kept_lines[:wanted], examples[:wanted]
     data_file = scratch / f"{name}-pairs.jsonl"
     data_file.write_text("\n".join(kept_lines) + "\n")
-    lengths = [len(e["prompt_ids"]) + max(len(e["chosen_ids"]), len(e["rejected_ids"])) for e in examples]
+    # The lengths safealign's loop groups by: the packed pair (shared prefix once) when it packs.
+    full = [(e["prompt_ids"] + e["chosen_ids"], e["prompt_ids"] + e["rejected_ids"]) for e in examples]
+    lengths = [packed_length(a, b) if args.pack == "on" else max(len(a), len(b)) for a, b in full]
     order = [i for b in epoch_batches(lengths, args.batch_size, args.seed, 0, group_by_length=True) for i in b]
     prepared = {"location": location, "data_file": str(data_file), "examples": examples, "order": order,
                 "max_length": args.max_length_for[name], "steps": steps}
@@ -162,7 +165,7 @@ def run_safealign(prep: dict[str, Any], args: argparse.Namespace, scratch: Path)
         model=prep["location"], data=[prep["data_file"]], validation_split=0.0, output_dir=str(scratch / "run"),
         max_steps=prep["steps"], per_device_batch_size=args.batch_size, max_length=prep["max_length"],
         learning_rate=args.learning_rate, num_threads=args.threads, eval_every=0, save_every=0, resume=False,
-        seed=args.seed, beta=0.1, preference="helpfulness", loss="dpo",
+        seed=args.seed, beta=0.1, preference="helpfulness", loss="dpo", pack_pairs=args.pack == "on",
         lora=LoraSettings(r=LORA["r"], alpha=LORA["alpha"]) if args.lora else None,
     )
     cfg.validate()
@@ -324,6 +327,8 @@ def main() -> None:
                         help=f"optimizer steps per run, warm-up included (default {({k: v['steps'] for k, v in DEFAULTS.items()})})")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing (at least 1)")
     parser.add_argument("--batch-size", type=int, default=4, help="pairs per step (both sides)")
+    parser.add_argument("--pack", choices=["on", "off"], default="on",
+                        help="safealign's pair packing (its default: on); off = padded rows like TRL")
     parser.add_argument("--max-length", type=int, default=None,
                         help=f"tokens per sequence; longer pairs are left out (default {({k: v['max_length'] for k, v in DEFAULTS.items()})})")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every run")
@@ -362,7 +367,7 @@ def main() -> None:
     print()
     print(f"DPO training, tokens/s (non-padding chosen+rejected, prompt included) | torch {torch.__version__}, "
           f"transformers {transformers.__version__}, trl {trl.__version__}, threads {args.threads}, "
-          f"batch {args.batch_size} pairs, fp32, {mode}, warm-up {args.warmup}, {args.repeats} run(s) per side")
+          f"batch {args.batch_size} pairs, fp32, {mode}, safealign packing {args.pack}, warm-up {args.warmup}, {args.repeats} run(s) per side")
     header = (f"{'model':<9}{'steps':>6}{'maxlen':>7}{'tokens':>8}{'safealign tok/s':>17}{'TRL tok/s':>11}{'ratio':>7}"
               f"{'window':>8}{'e2e':>7}{'precompute s (sa/TRL)':>23}  target")
     print(header)

@@ -65,6 +65,7 @@ from safealign.assets import sample_path
 from safealign.data.derive import pair_to_preference
 from safealign.data.load import load
 from safealign.data.records import DualPreferencePair, dialogue
+from safealign.models.packing import packed_length
 from safealign.models.registry import resolve_model
 from safealign.models.score import load_score_tokenizer
 from safealign.models.template import encode_dialogue
@@ -124,9 +125,12 @@ def pair_examples(tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
     return examples
 
 
-def safealign_order(examples: list[dict[str, Any]], batch: int, steps: int, seed: int) -> list[int]:
-    """Example indices in the order safealign's loop feeds them (one process, no accumulation)."""
-    lengths = [e["length"] for e in examples]
+def safealign_order(examples: list[dict[str, Any]], batch: int, steps: int, seed: int, pack: bool) -> list[int]:
+    """Example indices in the order safealign's loop feeds them (one process, no accumulation).
+
+    The loop groups by the length it computes: the packed length of a pair when it packs.
+    """
+    lengths = [packed_length(e["a"], e["b"]) if pack else e["length"] for e in examples]
     order: list[int] = []
     epoch = 0
     while len(order) < steps * batch:
@@ -176,6 +180,7 @@ def run_safealign(location: str, args: argparse.Namespace, steps: int, scratch: 
         max_steps=steps, per_device_batch_size=args.batch_size, max_length=args.max_length,
         learning_rate=args.learning_rate, num_threads=args.threads, eval_every=0, save_every=0,
         resume=False, seed=args.seed, mixed_precision="bf16" if args.precision == "bf16" else "no",
+        pack_pairs=args.pack == "on",
     )
     cfg.validate()
     loop._step = timed_step  # the bench's only hook: a timer around safealign's own step
@@ -236,7 +241,7 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
         location = model_location(name, scratch)
         tokenizer = load_score_tokenizer(location)
         examples = pair_examples(tokenizer, args.max_length)
-        order = safealign_order(examples, args.batch_size, steps, args.seed) if args.order == "same" else None
+        order = safealign_order(examples, args.batch_size, steps, args.seed, args.pack == "on") if args.order == "same" else None
         for repeat in range(args.repeats):
             sides = ["safealign", "trl"] if repeat % 2 == 0 else ["trl", "safealign"]
             for side in sides:
@@ -279,6 +284,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="fp32, or bf16 autocast on both sides (fp32 weights; "
                         "safealign mixed_precision=bf16, TRL bf16=True)")
+    parser.add_argument("--pack", choices=["on", "off"], default="on",
+                        help="safealign's pair packing (its default: on); off = padded rows like TRL")
     parser.add_argument("--learning-rate", type=float, default=2e-5)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -301,7 +308,7 @@ def main() -> None:
     print(f"reward-model training, tokens/s (non-padding chosen+rejected) | torch {torch.__version__}, "
           f"transformers {transformers.__version__}, trl {trl.__version__}, threads {args.threads}, "
           f"batch {args.batch_size} pairs, max_length {args.max_length}, order {args.order}, warm-up {args.warmup}, "
-          f"{args.precision}, {args.repeats} run(s) per side")
+          f"{args.precision}, safealign packing {args.pack}, {args.repeats} run(s) per side")
     header = (f"{'model':<9}{'steps':>6}{'tokens':>9}{'safealign tok/s':>17}{'TRL tok/s':>11}{'ratio':>7}"
               f"{'window ratio':>14}  target")
     print(header)

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import safealign
+from safealign.models.packing import PackingRule, can_pack, mask_for, right_padded
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -99,6 +100,7 @@ class ScoreModel(nn.Module):
         pads_itself = hasattr(getattr(backbone, "embeddings", None), "padding_idx")
         self._takes_position_ids = "position_ids" in params and not pads_itself
         self._takes_use_cache = "use_cache" in params
+        self._packable = self._takes_position_ids and can_pack(backbone)
         self.backbone = backbone
         self.kind = kind
         self.score_names = list(score_names)
@@ -125,15 +127,33 @@ class ScoreModel(nn.Module):
         return self.head.out_features
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, per_token: bool = False
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        per_token: bool = False,
+        position_ids: torch.Tensor | None = None,
+        read_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Raw scores, shape (B, score_dim), read at each row's last non-padding token.
 
         Works for right and left padding. ``per_token=True`` returns (B, L, score_dim) for
         PPO critics; it is a flag, not a second method, so DDP/FSDP wrappers see the call.
+        Packed pairs (`safealign.models.packing`) pass their 4D bool mask, their
+        `position_ids`, and `read_at`, the (row, column) of each score, size = (N, 2).
         """
+        if attention_mask.dim() == 4:
+            return self._forward_packed(input_ids, attention_mask, position_ids, read_at)
         attention_mask = attention_mask.long()  # size = (B, L)
         kwargs: dict[str, Any] = {}
+        causal_only = self._packable and not per_token and right_padded(attention_mask)
+        if causal_only:
+            # In a causal model no real token of a right-padded row sees the padding after it,
+            # so the causal mask alone is exact, and attention may skip the upper triangle.
+            kwargs["use_cache"] = False
+            hidden = self.backbone(input_ids=input_ids, **kwargs).last_hidden_state  # size = (B, L, H)
+            last = attention_mask.sum(-1) - 1  # size = (B,)
+            return self.head(hidden[torch.arange(hidden.size(0), device=hidden.device), last])  # size = (B, D)
         if self._takes_position_ids:
             # Positions count real tokens only, so a left-padded row scores as if unpadded.
             kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp_min(0)  # size = (B, L)
@@ -147,6 +167,25 @@ class ScoreModel(nn.Module):
         last = (attention_mask * positions).argmax(-1)  # size = (B,)
         end_hidden = hidden[torch.arange(hidden.size(0), device=hidden.device), last]  # size = (B, H)
         return self.head(end_hidden)  # size = (B, D)
+
+    @property
+    def packable(self) -> bool:
+        """Whether pairs may be packed (`safealign.models.packing`): causal backbones only."""
+        return self._packable
+
+    def packing_rule(self) -> PackingRule | None:
+        """When to pack a batch of pairs for this model; None when it cannot be packed."""
+        return PackingRule.for_config(self.backbone.config) if self._packable else None
+
+    def _forward_packed(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor | None, read_at: torch.Tensor | None
+    ) -> torch.Tensor:
+        if not self._packable or position_ids is None or read_at is None:
+            raise ValueError("a 4D mask needs a causal backbone, position_ids and read_at (see safealign.models.packing)")
+        mask = mask_for(mask, self.backbone, self.head.weight.dtype)  # size = (B, 1, W, W)
+        kwargs: dict[str, Any] = {"use_cache": False} if self._takes_use_cache else {}
+        hidden = self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **kwargs).last_hidden_state
+        return self.head(hidden[read_at[:, 0], read_at[:, 1]])  # size = (N, D)
 
     @torch.no_grad()
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

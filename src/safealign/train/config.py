@@ -118,6 +118,8 @@ class ModelTrainConfig(LoopConfig):
     """LoRA adapters (r, alpha, dropout, target_modules); None trains all weights. Merged on save."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights dtype of the model."""
+    pack_pairs: bool = True
+    """Pairs in one row each, their shared prefix (the prompt) run once (causal models; exact)."""
 
     def validate(self) -> None:
         """Check settings once, early."""

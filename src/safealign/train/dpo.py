@@ -32,14 +32,17 @@ from safealign.config import ConfigError
 from safealign.data.errors import DataError
 from safealign.data.records import DualPreferencePair, PreferencePair, Record, dialogue
 from safealign.losses import dpo_loss, safe_dpo_margin
+from safealign.models.packing import PackingRule, packed_length
 from safealign.train.batching import micro_batches
 from safealign.train.loop import Task, make_accelerator, train
 from safealign.train.config import ModelTrainConfig, load_records, write_run_config
 from safealign.train.policy import (
     chosen_response_id,
+    collate_packed_pairs,
     collate_sequences,
     encode_response,
     load_policy,
+    policy_packing_rule,
     save_policy,
     sequence_logprobs,
 )
@@ -89,14 +92,15 @@ def train_dpo(cfg: DPOConfig) -> dict[str, float]:
     acc = make_accelerator(cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)  # the loop sets it too, but the reference pass comes first
+    packing = policy_packing_rule(model) if cfg.pack_pairs else None
     if cfg.lora is None:
-        attach_reference(model, train_examples + eval_examples, pad_id, cfg.per_device_batch_size, acc)
+        attach_reference(model, train_examples + eval_examples, pad_id, cfg.per_device_batch_size, acc, packing)
     task = Task(
         model=model,
         train_examples=train_examples,
         eval_examples=eval_examples,
-        lengths=[max(len(e["chosen"]["input_ids"]), len(e["rejected"]["input_ids"])) for e in train_examples],
-        collate=lambda batch: collate_pairs(batch, pad_id),
+        lengths=[_length(e, packing is not None) for e in train_examples],
+        collate=lambda batch: collate_pairs(batch, pad_id, packing),
         loss=lambda m, batch: dpo_batch_loss(m, batch, cfg),
         evaluate=lambda m, batch: _evaluate(m, batch, cfg),
         export=lambda m, folder: save_policy(m, tokenizer, Path(folder)),
@@ -129,6 +133,11 @@ def dpo_examples(records: list[Record], cfg: DPOConfig, tokenizer: Any, split: s
     return examples
 
 
+def _length(example: dict[str, Any], packed: bool) -> int:
+    chosen, rejected = example["chosen"]["input_ids"], example["rejected"]["input_ids"]
+    return packed_length(chosen, rejected) if packed else max(len(chosen), len(rejected))
+
+
 def preference_pair(record: Record, cfg: DPOConfig) -> tuple[str, str, int, int, bool] | None:
     """(chosen, rejected, u_w, u_l, unsafe_over_safe) of a record, or None when `preference` drops it.
 
@@ -149,9 +158,17 @@ def preference_pair(record: Record, cfg: DPOConfig) -> tuple[str, str, int, int,
     return record.response(w), record.response(1 - w), u[w], u[1 - w], flagged
 
 
-def collate_pairs(batch: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Rows [chosen_0..chosen_B, rejected_0..rejected_B] for one forward pass, size = (2B, L)."""
-    out = collate_sequences([e["chosen"] for e in batch] + [e["rejected"] for e in batch], pad_id)
+def collate_pairs(batch: list[dict[str, Any]], pad_id: int, packing: PackingRule | bool | None = None) -> dict[str, Any]:
+    """Rows [chosen_0..chosen_B, rejected_0..rejected_B] for one forward pass, size = (2B, L).
+
+    `packing` (a rule, or True to always pack): one row per pair where it pays, the prompt
+    run once (`collate_packed_pairs`); same order.
+    """
+    ids = [(e["chosen"]["input_ids"], e["rejected"]["input_ids"]) for e in batch]
+    if packing is True or (isinstance(packing, PackingRule) and packing.pays(ids)):
+        out = collate_packed_pairs([(e["chosen"], e["rejected"]) for e in batch], pad_id)
+    else:
+        out = collate_sequences([e["chosen"] for e in batch] + [e["rejected"] for e in batch], pad_id)
     for key in ("unsafe_chosen", "unsafe_rejected"):
         out[key] = torch.tensor([e[key] for e in batch], dtype=torch.float32)  # size = (B,)
     if "reference" in batch[0]:
@@ -184,7 +201,10 @@ def reference_logprobs(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor,
 
 
 @torch.no_grad()
-def attach_reference(model: nn.Module, examples: list[dict[str, Any]], pad_id: int, batch_size: int, acc: Accelerator) -> None:
+def attach_reference(
+    model: nn.Module, examples: list[dict[str, Any]], pad_id: int, batch_size: int, acc: Accelerator,
+    packing: PackingRule | None = None,
+) -> None:
     """Store log π_ref(chosen), log π_ref(rejected) of the (initial) `model` in each example.
 
     Each process scores its share; the shares are gathered so every process has all values.
@@ -193,7 +213,7 @@ def attach_reference(model: nn.Module, examples: list[dict[str, Any]], pad_id: i
     model.eval()
     mine: dict[int, tuple[float, float]] = {}
     for chunk in micro_batches(list(range(acc.process_index, len(examples), acc.num_processes)), batch_size):
-        batch = collate_pairs([examples[i] for i in chunk], pad_id)
+        batch = collate_pairs([examples[i] for i in chunk], pad_id, packing)
         batch = {k: v.to(acc.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
         with acc.autocast():
             log_probs, _ = sequence_logprobs(model, batch)

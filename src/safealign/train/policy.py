@@ -8,15 +8,18 @@ masked (-100), so losses and log-probabilities count response tokens only.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
 from safealign.data.derive import PreferenceBasis
 from safealign.data.records import DualPreferencePair
 from safealign.models.loading import load_causal_lm
+from safealign.models.packing import PackingRule, can_pack, mask_for, pack_pairs, right_padded
 from safealign.models.score import LoraSettings, add_lora, load_score_tokenizer, plain_backbone_state
 from safealign.models.template import render, render_prompt
 from safealign.train.batching import pad
@@ -118,14 +121,86 @@ def collate_sequences(encoded: list[dict[str, list[int]]], pad_id: int) -> dict[
             "num_tokens": int(attention_mask.sum())}
 
 
+def collate_packed_pairs(pairs: list[tuple[dict[str, list[int]], dict[str, list[int]]]], pad_id: int) -> dict[str, Any]:
+    """Labelled pairs packed one per row (`safealign.models.packing`), for `sequence_logprobs`.
+
+    Sequences are numbered [first_0..first_B, second_0..second_B] as in `collate_sequences`.
+    Each response token t of sequence s is read from the logits at the packed place of token
+    t - 1: `label_row`/`label_col` (the column as an index into `logits_keep`, the columns
+    whose logits are computed at all), `label_target`, `label_owner` = s; all size = (T,).
+    """
+    rows = pack_pairs([(a["input_ids"], b["input_ids"]) for a, b in pairs], pad_id)
+    sequences = [a for a, _ in pairs] + [b for _, b in pairs]
+    owner, columns, targets = [], [], []
+    for s, encoded in enumerate(sequences):
+        labels = torch.tensor(encoded["labels"], dtype=torch.long)
+        t = (labels[1:] != IGNORE).nonzero().squeeze(1) + 1  # response tokens; size = (T_s,)
+        owner.append(torch.full_like(t, s))
+        columns.append(rows["index"][s, t - 1])
+        targets.append(labels[t])
+    columns_all = torch.cat(columns)
+    keep = torch.unique(columns_all)  # sorted columns whose logits are needed
+    return {
+        "input_ids": rows["input_ids"],
+        "attention_mask": rows["attention_mask"],
+        "position_ids": rows["position_ids"],
+        "logits_keep": keep,
+        "label_row": rows["rows"][torch.cat(owner)],
+        "label_col": torch.searchsorted(keep, columns_all),
+        "label_target": torch.cat(targets),
+        "label_owner": torch.cat(owner),
+        "num_sequences": len(sequences),
+        "num_tokens": sum(len(e["input_ids"]) for e in sequences),
+    }
+
+
+def policy_packing_rule(model: nn.Module) -> PackingRule | None:
+    """When to pack pairs for this policy (`collate_packed_pairs`); None when it cannot be.
+
+    Needs a causal model that takes 4D masks and `logits_to_keep`. The rule counts the output
+    head too: the padded layout computes logits at every position, the packed one at
+    response positions only.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not (can_pack(base) and "logits_to_keep" in inspect.signature(base.forward).parameters):
+        return None
+    return PackingRule.for_config(base.config, output_size=base.config.vocab_size)
+
+
 def sequence_logprobs(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
     """Sum of response-token log-probs and the number of response tokens, each size = (N,).
 
     log π(y | x) = Σ_t 1[label_t ≠ -100] · log π(y_t | x, y_<t), one forward pass for the batch.
+    A packed batch (`collate_packed_pairs`) computes logits at the predicting places only.
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    if "label_target" in batch:
+        return _packed_logprobs(model, batch)
+    logits = model(input_ids=batch["input_ids"], attention_mask=_mask_if_needed(model, batch["attention_mask"]), use_cache=False).logits
     targets = batch["labels"][:, 1:]  # token t is predicted at position t - 1; size = (N, L - 1)
     mask = targets != IGNORE
     log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # size = (N, L - 1, V)
     picked = log_probs.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)  # size = (N, L - 1)
     return (picked * mask).sum(-1), mask.sum(-1)
+
+
+def _mask_if_needed(model: nn.Module, attention_mask: Tensor) -> Tensor | None:
+    """None for right padding in a causal model: its real tokens never see the padding after them."""
+    base = extract_model_from_parallel(model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    return None if can_pack(base) and right_padded(attention_mask) else attention_mask
+
+
+def _packed_logprobs(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    base = extract_model_from_parallel(model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    mask = mask_for(batch["attention_mask"], base, next(base.parameters()).dtype)
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
+        use_cache=False, logits_to_keep=batch["logits_keep"],
+    ).logits  # size = (B, K, V)
+    logits = logits[batch["label_row"], batch["label_col"]].float()  # size = (T, V)
+    targets = batch["label_target"]
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # size = (T,)
+    owner, n = batch["label_owner"], batch["num_sequences"]
+    sums = torch.zeros(n, dtype=picked.dtype, device=picked.device).index_add(0, owner, picked)
+    return sums, torch.bincount(owner, minlength=n)

@@ -23,6 +23,7 @@ from safealign.data.derive import pair_to_preference
 from safealign.data.errors import DataError
 from safealign.data.records import ATTRIBUTES, AttributeRecord, DualPreferencePair, PreferencePair, Record, dialogue
 from safealign.losses import bradley_terry_loss, cost_loss, masked_regression_loss
+from safealign.models.packing import PackingRule, last_token_places, pack_pairs, packed_length
 from safealign.models.score import ScoreModel, load_score_tokenizer
 from safealign.models.template import encode_dialogue
 from safealign.train.batching import pad
@@ -56,6 +57,10 @@ def train_score_model(cfg: ScoreTrainConfig, kind: Kind) -> dict[str, float]:
     build = _attribute_examples if kind == "attributes" else _pair_examples
     train_examples = build(train_records, kind, tokenizer, cfg.max_length)
     eval_examples = build(eval_records, kind, tokenizer, cfg.max_length)
+    packing = model.packing_rule() if cfg.pack_pairs and kind != "attributes" else None
+    if packing is not None:
+        for e in train_examples + eval_examples:
+            e["length"] = packed_length(e["a"], e["b"])
     print(f"{kind} model: {len(train_examples)} training and {len(eval_examples)} evaluation examples", flush=True)
     write_run_config(cfg, kind)
     pad_id = tokenizer.pad_token_id
@@ -70,7 +75,7 @@ def train_score_model(cfg: ScoreTrainConfig, kind: Kind) -> dict[str, float]:
         train_examples=train_examples,
         eval_examples=eval_examples,
         lengths=[e["length"] for e in train_examples],
-        collate=lambda batch: collate(batch, pad_id),
+        collate=lambda batch: collate(batch, pad_id, packing),
         loss=_LOSSES[kind](cfg.regularization),
         evaluate=_EVALS[kind],
         export=export,
@@ -118,11 +123,21 @@ def _sign(is_safe: bool | None) -> int:
     return 0 if is_safe is None else (-1 if is_safe else 1)
 
 
-def collate(batch: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Pairs go in one forward pass: rows [a_0..a_B, b_0..b_B], size = (2B, L)."""
+def collate(batch: list[dict[str, Any]], pad_id: int, packing: PackingRule | bool | None = None) -> dict[str, Any]:
+    """Pairs go in one forward pass: rows [a_0..a_B, b_0..b_B], size = (2B, L).
+
+    `packing` (a rule, or True to always pack): one row per pair where the rule says it pays,
+    the shared prefix once (`safealign.models.packing`); scores come back in the same order.
+    """
     sequences = [e["a"] for e in batch] + [e["b"] for e in batch if "b" in e]
-    input_ids, attention_mask = pad(sequences, pad_id)
-    out: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "num_tokens": int(attention_mask.sum())}
+    out: dict[str, Any] = {"num_tokens": sum(len(s) for s in sequences)}
+    pairs = [(e["a"], e["b"]) for e in batch] if "b" in batch[0] else []
+    if pairs and (packing is True or (isinstance(packing, PackingRule) and packing.pays(pairs))):
+        rows = pack_pairs(pairs, pad_id)
+        out.update({k: rows[k] for k in ("input_ids", "attention_mask", "position_ids")})
+        out["read_at"] = last_token_places(rows)  # size = (2B, 2)
+    else:
+        out["input_ids"], out["attention_mask"] = pad(sequences, pad_id)
     if "b" in batch[0]:
         out["sign_a"] = torch.tensor([e["sign_a"] for e in batch], dtype=torch.float32)  # size = (B,)
         out["sign_b"] = torch.tensor([e["sign_b"] for e in batch], dtype=torch.float32)
@@ -133,7 +148,8 @@ def collate(batch: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
 
 
 def _pair_scores(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-    scores = model(batch["input_ids"], batch["attention_mask"])[:, 0].float()  # size = (2B,)
+    packing = {k: batch[k] for k in ("position_ids", "read_at") if k in batch}
+    scores = model(batch["input_ids"], batch["attention_mask"], **packing)[:, 0].float()  # size = (2B,)
     half = scores.shape[0] // 2
     return scores[:half], scores[half:]
 
