@@ -145,22 +145,16 @@ class ScoreModel(nn.Module):
         if attention_mask.dim() == 4:
             return self._forward_packed(input_ids, attention_mask, position_ids, read_at)
         attention_mask = attention_mask.long()  # size = (B, L)
-        kwargs: dict[str, Any] = {}
-        causal_only = self._packable and not per_token and right_padded(attention_mask)
-        if causal_only:
+        kwargs: dict[str, Any] = {"use_cache": False} if self._takes_use_cache else {}  # no generation here
+        if self._packable and not per_token and right_padded(attention_mask):
             # In a causal model no real token of a right-padded row sees the padding after it,
             # so the causal mask alone is exact, and attention may skip the upper triangle.
-            kwargs["use_cache"] = False
             hidden = self.backbone(input_ids=input_ids, **kwargs).last_hidden_state  # size = (B, L, H)
-            last = attention_mask.sum(-1) - 1  # size = (B,)
-            return self.head(hidden[torch.arange(hidden.size(0), device=hidden.device), last])  # size = (B, D)
-        if self._takes_position_ids:
-            # Positions count real tokens only, so a left-padded row scores as if unpadded.
-            kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp_min(0)  # size = (B, L)
-        if self._takes_use_cache:
-            kwargs["use_cache"] = False  # no generation here; a KV cache only costs memory
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        hidden = out.last_hidden_state  # size = (B, L, H)
+        else:
+            if self._takes_position_ids:
+                # Positions count real tokens only, so a left-padded row scores as if unpadded.
+                kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp_min(0)  # size = (B, L)
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         if per_token:
             return self.head(hidden)  # size = (B, L, D)
         positions = torch.arange(attention_mask.size(-1), device=attention_mask.device)  # size = (L,)

@@ -9,6 +9,7 @@ masked (-100), so losses and log-probabilities count response tokens only.
 from __future__ import annotations
 
 import inspect
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +162,8 @@ def policy_packing_rule(model: nn.Module) -> PackingRule | None:
     head too: the padded layout computes logits at every position, the packed one at
     response positions only.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if not (can_pack(base) and "logits_to_keep" in inspect.signature(base.forward).parameters):
+    base = _base_model(model)
+    if not (_causal(base) and "logits_to_keep" in inspect.signature(base.forward).parameters):
         return None
     return PackingRule.for_config(base.config, output_size=base.config.vocab_size)
 
@@ -185,14 +186,27 @@ def sequence_logprobs(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, 
 
 def _mask_if_needed(model: nn.Module, attention_mask: Tensor) -> Tensor | None:
     """None for right padding in a causal model: its real tokens never see the padding after them."""
-    base = extract_model_from_parallel(model)
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
-    return None if can_pack(base) and right_padded(attention_mask) else attention_mask
+    return None if _causal(_base_model(model)) and right_padded(attention_mask) else attention_mask
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside DDP/FSDP and peft wrappers."""
+    model = extract_model_from_parallel(model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+_CAUSAL: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def _causal(base: nn.Module) -> bool:
+    """`can_pack(base)`, worked out once per model (it walks every module)."""
+    if base not in _CAUSAL:
+        _CAUSAL[base] = can_pack(base)
+    return _CAUSAL[base]
 
 
 def _packed_logprobs(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-    base = extract_model_from_parallel(model)
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    base = _base_model(model)
     mask = mask_for(batch["attention_mask"], base, next(base.parameters()).dtype)
     logits = model(
         input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
