@@ -72,6 +72,13 @@ class PackingRule:
         return packed < self.margin * padded
 
 
+def should_pack(packing: PackingRule | bool | None, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> bool:
+    """Whether a collate packs these pairs: `True` always, a rule when it pays, `None`/`False` never."""
+    if isinstance(packing, PackingRule):
+        return bool(pairs) and packing.pays(pairs)
+    return bool(packing) and bool(pairs)
+
+
 def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the common prefix, leaving each sequence at least its last token of its own."""
     limit = min(len(a), len(b)) - 1

@@ -32,7 +32,7 @@ from safealign.config import ConfigError
 from safealign.data.errors import DataError
 from safealign.data.records import DualPreferencePair, PreferencePair, Record, dialogue
 from safealign.losses import dpo_loss, safe_dpo_margin
-from safealign.models.packing import PackingRule, packed_length
+from safealign.models.packing import PackingRule, packed_length, should_pack
 from safealign.train.batching import micro_batches
 from safealign.train.loop import Task, make_accelerator, train
 from safealign.train.config import ModelTrainConfig, load_records, write_run_config
@@ -165,7 +165,7 @@ def collate_pairs(batch: list[dict[str, Any]], pad_id: int, packing: PackingRule
     run once (`collate_packed_pairs`); same order.
     """
     ids = [(e["chosen"]["input_ids"], e["rejected"]["input_ids"]) for e in batch]
-    if packing is True or (isinstance(packing, PackingRule) and packing.pays(ids)):
+    if should_pack(packing, ids):
         out = collate_packed_pairs([(e["chosen"], e["rejected"]) for e in batch], pad_id)
     else:
         out = collate_sequences([e["chosen"] for e in batch] + [e["rejected"] for e in batch], pad_id)

@@ -23,7 +23,7 @@ from safealign.data.derive import pair_to_preference
 from safealign.data.errors import DataError
 from safealign.data.records import ATTRIBUTES, AttributeRecord, DualPreferencePair, PreferencePair, Record, dialogue
 from safealign.losses import bradley_terry_loss, cost_loss, masked_regression_loss
-from safealign.models.packing import PackingRule, last_token_places, pack_pairs, packed_length
+from safealign.models.packing import PackingRule, last_token_places, pack_pairs, packed_length, should_pack
 from safealign.models.score import ScoreModel, load_score_tokenizer
 from safealign.models.template import encode_dialogue
 from safealign.train.batching import pad
@@ -132,7 +132,7 @@ def collate(batch: list[dict[str, Any]], pad_id: int, packing: PackingRule | boo
     sequences = [e["a"] for e in batch] + [e["b"] for e in batch if "b" in e]
     out: dict[str, Any] = {"num_tokens": sum(len(s) for s in sequences)}
     pairs = [(e["a"], e["b"]) for e in batch] if "b" in batch[0] else []
-    if pairs and (packing is True or (isinstance(packing, PackingRule) and packing.pays(pairs))):
+    if should_pack(packing, pairs):
         rows = pack_pairs(pairs, pad_id)
         out.update({k: rows[k] for k in ("input_ids", "attention_mask", "position_ids")})
         out["read_at"] = last_token_places(rows)  # size = (2B, 2)
