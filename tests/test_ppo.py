@@ -105,6 +105,30 @@ def test_ppo_lag_cli_with_model_scorers_and_lora(tmp_path):
     assert AutoModelForCausalLM.from_pretrained(out / "model") is not None  # LoRA merged: loads without peft
 
 
+def test_critics_start_from_the_actor_when_a_score_model_cannot(tmp_path, capsys):
+    from conftest import DATA
+    from tiny import tiny_bert, tiny_llama
+
+    from safealign.models.score import ScoreModel, load_score_tokenizer
+    from safealign.train.ppo import critic_source
+
+    policy = tiny_llama(tmp_path / "policy")
+    reward = _score_folders(tmp_path, policy)["reward"]
+    words = tiny_word_llama(tmp_path / "words", WORDS)  # another tokenizer
+    ScoreModel.from_base(words, kind="cost").save_pretrained(tmp_path / "word-cost", load_score_tokenizer(words))
+    encoder = tiny_bert(tmp_path / "bert")  # the actor's tokenizer, but bidirectional
+    ScoreModel.from_base(encoder, kind="cost").save_pretrained(tmp_path / "cost", load_score_tokenizer(encoder))
+    cfg = PPOConfig(actor=str(policy), reward_model=str(reward), cost_model=str(tmp_path / "cost"),
+                    prompts=[str(DATA / "beavertails/evaluation_700.json:0.02")], output_dir=str(tmp_path / "run"),
+                    max_steps=1, rollout_batch_size=4, minibatch_size=2, max_new_tokens=6, num_threads=1)
+    assert critic_source(cfg, cfg.reward_model) == str(reward)  # same tokenizer, causal: the reward model starts it
+    assert critic_source(cfg, str(tmp_path / "word-cost")) == str(policy)
+    assert "uses another tokenizer than the actor" in capsys.readouterr().out
+    train_ppo(cfg, "ppo-lag")  # the BERT cost model scores the text; its critic starts from the actor
+    assert "is not a causal model" in capsys.readouterr().out
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
+
+
 def test_resume_restores_lambda_window_and_sampling(tmp_path):
     import json
 

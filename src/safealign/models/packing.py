@@ -29,13 +29,16 @@ from torch import Tensor, nn
 PACKABLE_ATTENTION = ("sdpa", "eager")
 
 
+def is_causal(backbone: nn.Module) -> bool:
+    """True when every attention module of a transformers model is causal (decoder-only)."""
+    flags = [m.is_causal for m in backbone.modules() if isinstance(getattr(m, "is_causal", None), bool)]
+    return bool(flags) and all(flags)
+
+
 def can_pack(backbone: nn.Module) -> bool:
     """True for a causal transformers model whose attention takes a custom 4D mask."""
     config = getattr(backbone, "config", None)
-    if getattr(config, "_attn_implementation", None) not in PACKABLE_ATTENTION:
-        return False
-    flags = [m.is_causal for m in backbone.modules() if isinstance(getattr(m, "is_causal", None), bool)]
-    return bool(flags) and all(flags)
+    return getattr(config, "_attn_implementation", None) in PACKABLE_ATTENTION and is_causal(backbone)
 
 
 @dataclass(frozen=True)

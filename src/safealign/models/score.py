@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import safealign
-from safealign.models.packing import PackingRule, can_pack, mask_for, right_padded
+from safealign.models.packing import PackingRule, can_pack, is_causal, mask_for, right_padded
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -101,6 +101,7 @@ class ScoreModel(nn.Module):
         self._takes_position_ids = "position_ids" in params and not pads_itself
         self._takes_use_cache = "use_cache" in params
         self._packable = self._takes_position_ids and can_pack(backbone)
+        self.causal = is_causal(backbone)  # a score at a token depends on no later token
         self.backbone = backbone
         self.kind = kind
         self.score_names = list(score_names)

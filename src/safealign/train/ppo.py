@@ -31,7 +31,7 @@ from safealign.config import ConfigError
 from safealign.data.load import load
 from safealign.data.records import dialogue
 from safealign.losses import clipped_value_loss, gae, lagrangian_advantage, masked_mean, ppo_policy_loss
-from safealign.models.score import LoraSettings, ScoreModel
+from safealign.models.score import LoraSettings, ScoreModel, load_score_tokenizer
 from safealign.train import memory
 from safealign.train.config import RunConfig, write_run_config
 from safealign.train.lagrange import LagrangeMultiplier
@@ -222,9 +222,36 @@ def _build(cfg: PPOConfig, algorithm: Algorithm, reward_fn: Scorer | None, cost_
 
 def _critic(cfg: PPOConfig, score_model: str | None) -> ScoreModel:
     kwargs = {"lora": cfg.lora, "gradient_checkpointing": cfg.gradient_checkpointing}
-    if cfg.critic_init == "score-models" and score_model:
-        return ScoreModel.from_pretrained(score_model, kind="critic", **kwargs)
+    source = critic_source(cfg, score_model)
+    if source != cfg.actor:
+        critic = ScoreModel.from_pretrained(source, kind="critic", **kwargs)
+        if critic.causal:
+            return critic
+        print(f"critic: {source} is not a causal model (its value at a token would see later tokens); "
+              "its critic starts from the actor", flush=True)
     return ScoreModel.from_base(cfg.actor, kind="critic", **kwargs)
+
+
+def critic_source(cfg: PPOConfig, score_model: str | None) -> str:
+    """Where a critic starts: the score model (critic_init: score-models) or the actor.
+
+    A critic reads the actor's token ids, so a score model on another tokenizer (say a MiniLM
+    cost model next to a SmolLM2 actor) cannot start it: the actor does, with a note. (So does
+    a bidirectional one, found when `_critic` loads it.) The memory estimate, which loads
+    nothing, counts the configured source.
+    """
+    if cfg.critic_init != "score-models" or not score_model:
+        return cfg.actor
+    if same_tokenizer(score_model, cfg.actor):
+        return score_model
+    print(f"critic: {score_model} uses another tokenizer than the actor; its critic starts from the actor", flush=True)
+    return cfg.actor
+
+
+def same_tokenizer(a: str, b: str) -> bool:
+    """Whether two models map text to the same token ids (same vocabulary)."""
+    first, second = load_score_tokenizer(a), load_score_tokenizer(b)
+    return first.get_vocab() == second.get_vocab()
 
 
 def _prompt_batch(dialogues: list, cfg: PPOConfig, step: int, rank: int, world: int) -> list:
@@ -342,7 +369,7 @@ def memory_estimate(cfg: PPOConfig, algorithm: Algorithm) -> str:
             total, _ = memory.count_parameters(path, score_head=True)
             rows.append(memory.ModelMemory(role, total, 0, weight_bytes))
     for role, path in critics:
-        source = path if cfg.critic_init == "score-models" and path else cfg.actor
+        source = path if cfg.critic_init == "score-models" and path else cfg.actor  # as configured; see critic_source
         rows.append(memory.ModelMemory(role, *memory.count_parameters(source, cfg.lora, score_head=True), weight_bytes))
     length = cfg.max_prompt_length + cfg.max_new_tokens
     activations = memory.activation_bytes(cfg.actor, cfg.minibatch_size, length, cfg.dtype, cfg.gradient_checkpointing)
