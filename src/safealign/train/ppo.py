@@ -232,19 +232,24 @@ def _critic(cfg: PPOConfig, score_model: str | None) -> ScoreModel:
     return ScoreModel.from_base(cfg.actor, kind="critic", **kwargs)
 
 
-def critic_source(cfg: PPOConfig, score_model: str | None) -> str:
+def critic_source(cfg: PPOConfig, score_model: str | None, note: bool = True) -> str:
     """Where a critic starts: the score model (critic_init: score-models) or the actor.
 
     A critic reads the actor's token ids, so a score model on another tokenizer (say a MiniLM
     cost model next to a SmolLM2 actor) cannot start it: the actor does, with a note. (So does
-    a bidirectional one, found when `_critic` loads it.) The memory estimate, which loads
-    nothing, counts the configured source.
+    a bidirectional one, found when `_critic` loads it.) Without tokenizers to compare (a
+    dry run's bare architecture config) the configured source stands.
     """
     if cfg.critic_init != "score-models" or not score_model:
         return cfg.actor
-    if same_tokenizer(score_model, cfg.actor):
+    try:
+        same = same_tokenizer(score_model, cfg.actor)
+    except (OSError, ValueError):
         return score_model
-    print(f"critic: {score_model} uses another tokenizer than the actor; its critic starts from the actor", flush=True)
+    if same:
+        return score_model
+    if note:
+        print(f"critic: {score_model} uses another tokenizer than the actor; its critic starts from the actor", flush=True)
     return cfg.actor
 
 
@@ -369,7 +374,7 @@ def memory_estimate(cfg: PPOConfig, algorithm: Algorithm) -> str:
             total, _ = memory.count_parameters(path, score_head=True)
             rows.append(memory.ModelMemory(role, total, 0, weight_bytes))
     for role, path in critics:
-        source = path if cfg.critic_init == "score-models" and path else cfg.actor  # as configured; see critic_source
+        source = critic_source(cfg, path, note=False)
         rows.append(memory.ModelMemory(role, *memory.count_parameters(source, cfg.lora, score_head=True), weight_bytes))
     length = cfg.max_prompt_length + cfg.max_new_tokens
     activations = memory.activation_bytes(cfg.actor, cfg.minibatch_size, length, cfg.dtype, cfg.gradient_checkpointing)
