@@ -116,6 +116,19 @@ class _Always:
         return [Verdict(self.flag, float(self.flag), {}, {}, int(self.flag), [0.0] * 4) for _ in responses]
 
 
+def test_bfloat16_weights_keep_the_verdicts_close(moderator_dir):
+    dialogues = [[{"role": "user", "content": f"question {i}: how do I pick a lock?"}] for i in range(6)]
+    answers = ["Use a tension wrench and a pick.", "I can't help with that.", "Call a locksmith.",
+               "Break the window instead.", "Here is how, step by step: first...", "No."]
+    full = Moderator.load(moderator_dir).predict(dialogues, answers)
+    half = Moderator.load(moderator_dir).to_bfloat16()
+    assert next(half.encoder.model.parameters()).dtype == torch.bfloat16
+    assert next(half.heads.parameters()).dtype == torch.float32  # the small heads stay float32
+    for a, b in zip(full, half.predict(dialogues, answers), strict=True):
+        assert abs(a.unsafe_probability - b.unsafe_probability) < 0.02
+        assert b.severity in range(4) and sum(b.severity_distribution) == pytest.approx(1.0, abs=1e-3)
+
+
 def test_guard_rounds_and_refusal(tmp_path):
     from safealign.generate import load_generator
 

@@ -174,6 +174,16 @@ def test_concurrent_requests_share_model_calls(moderator: Moderator) -> None:
     batcher.close()
 
 
+def test_bf16_server_answers_like_the_fp32_moderator(moderator_dir: Path) -> None:
+    texts = ["How do I hotwire a car?", "Tell me a joke about cats.", "Where can I buy a gun without a check?"]
+    expected = [v.unsafe_probability for v in Moderator.load(moderator_dir).predict([[]] * 3, texts)]
+    with TestClient(create_app(Moderator.load(moderator_dir), ServerConfig(bf16=True))) as c:
+        response = c.post("/v1/moderations", json={"input": texts})
+    assert response.status_code == 200
+    got = [r["unsafe_probability"] for r in response.json()["results"]]
+    assert got == pytest.approx(expected, abs=0.02)
+
+
 def test_one_request_larger_than_a_batch_is_split(moderator: Moderator) -> None:
     app = create_app(moderator, ServerConfig(max_batch=3, batch_wait_ms=0, model_name="tiny"))
     with TestClient(app) as c:

@@ -74,7 +74,7 @@ class ServerConfig:
     forward_batch: int = 16
     """Inputs per forward pass within a model call (sorted by length first, so padding stays small)."""
     bf16: bool = False
-    """Run the model under bfloat16 autocast: ~2x faster on CPUs with AMX/AVX512-BF16, probabilities shift ~1e-4."""
+    """Run the model with bfloat16 weights (`Moderator.to_bfloat16`, in place): ~3x faster than fp32 on CPUs with AMX/AVX512-BF16; p(unsafe) moves ~1e-3."""
 
     def validate(self) -> None:
         """Check settings once, early, naming the bad field."""
@@ -244,14 +244,14 @@ def create_app(moderator: Moderator, config: ServerConfig | None = None) -> Fast
     """The FastAPI app serving `moderator`; `app.state.batcher` holds the batcher and its counters."""
     config = config or ServerConfig()
     config.validate()
-    device = next(moderator.heads.parameters()).device.type
+    if config.bf16:
+        moderator.to_bfloat16()
 
     def predict(items: list[Item]) -> list[Verdict]:
         # Length-sorted forward passes pad little: a batch of 32 random inputs runs ~1.4x faster in fp32.
         order = sorted(range(len(items)), key=lambda i: len(items[i].prompt) + len(items[i].response))
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=config.bf16):
-            verdicts = moderator.predict([[{"role": "user", "content": items[i].prompt}] for i in order],
-                                         [items[i].response for i in order], config.forward_batch)
+        verdicts = moderator.predict([[{"role": "user", "content": items[i].prompt}] for i in order],
+                                     [items[i].response for i in order], config.forward_batch)
         return [v for _, v in sorted(zip(order, verdicts, strict=True), key=lambda pair: pair[0])]
 
     batcher = MicroBatcher(predict, config.max_batch, config.batch_wait_ms, config.threads)
