@@ -7,7 +7,6 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,13 +37,7 @@ VOCAB = 97
 ARCHS = ("llama", "gpt2", "bert", "roberta")  # roberta: positions offset by its pad id
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Other jobs share the 2 cores; tiny models gain nothing from more threads.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(arch: str) -> torch.nn.Module:
