@@ -29,6 +29,7 @@ from torch import nn
 
 import safealign
 from safealign.models.packing import PackingRule, can_pack, is_causal, mask_for, right_padded
+from safealign.models.readout import can_narrow, group_places, narrow_top_layer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -150,17 +151,22 @@ class ScoreModel(nn.Module):
         if self._packable and not per_token and right_padded(attention_mask):
             # In a causal model no real token of a right-padded row sees the padding after it,
             # so the causal mask alone is exact, and attention may skip the upper triangle.
-            hidden = self.backbone(input_ids=input_ids, **kwargs).last_hidden_state  # size = (B, L, H)
+            last = attention_mask.sum(-1) - 1  # size = (B,)
         else:
             if self._takes_position_ids:
                 # Positions count real tokens only, so a left-padded row scores as if unpadded.
                 kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp_min(0)  # size = (B, L)
-            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+            kwargs["attention_mask"] = attention_mask
+            positions = torch.arange(attention_mask.size(-1), device=attention_mask.device)  # size = (L,)
+            last = (attention_mask * positions).argmax(-1)  # size = (B,)
         if per_token:
-            return self.head(hidden)  # size = (B, L, D)
-        positions = torch.arange(attention_mask.size(-1), device=attention_mask.device)  # size = (L,)
-        last = (attention_mask * positions).argmax(-1)  # size = (B,)
-        end_hidden = hidden[torch.arange(hidden.size(0), device=hidden.device), last]  # size = (B, H)
+            return self.head(self.backbone(input_ids=input_ids, **kwargs).last_hidden_state)  # size = (B, L, D)
+        if can_narrow(self.backbone):
+            with narrow_top_layer(self.backbone, last.unsqueeze(1)):
+                end_hidden = self.backbone(input_ids=input_ids, **kwargs).last_hidden_state[:, 0]  # size = (B, H)
+        else:
+            hidden = self.backbone(input_ids=input_ids, **kwargs).last_hidden_state  # size = (B, L, H)
+            end_hidden = hidden[torch.arange(hidden.size(0), device=hidden.device), last]  # size = (B, H)
         return self.head(end_hidden)  # size = (B, D)
 
     @property
@@ -179,8 +185,13 @@ class ScoreModel(nn.Module):
             raise ValueError("a 4D mask needs a causal backbone, position_ids and read_at (see safealign.models.packing)")
         mask = mask_for(mask, self.backbone, self.head.weight.dtype)  # size = (B, 1, W, W)
         kwargs: dict[str, Any] = {"use_cache": False} if self._takes_use_cache else {}
-        hidden = self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **kwargs).last_hidden_state
-        return self.head(hidden[read_at[:, 0], read_at[:, 1]])  # size = (N, D)
+        if not can_narrow(self.backbone):
+            hidden = self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **kwargs).last_hidden_state
+            return self.head(hidden[read_at[:, 0], read_at[:, 1]])  # size = (N, D)
+        places, slot = group_places(read_at, input_ids.size(0))  # size = (B, R), (N,)
+        with narrow_top_layer(self.backbone, places.to(input_ids.device)):
+            hidden = self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **kwargs).last_hidden_state
+        return self.head(hidden.reshape(-1, hidden.size(-1))[slot.to(hidden.device)])  # size = (N, D)
 
     @torch.no_grad()
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
