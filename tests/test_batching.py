@@ -31,4 +31,6 @@ def test_shards_and_micro_batches_cover_the_global_batch():
 def test_pad_right():
     ids, mask = pad([[5, 6, 7], [8]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert ids.dtype == torch.long
+    assert ids.dtype == torch.long and mask.dtype == torch.long
+    ids, mask = pad([[], []], pad_id=9)
+    assert ids.shape == mask.shape == (2, 0)

@@ -23,6 +23,7 @@ backbone runs in full.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -112,6 +113,12 @@ def _keys_values(layer: nn.Module, hidden: Tensor, position_embeddings: tuple[Te
     return key * cos + rotated * sin, value
 
 
+@functools.cache
+def _cache_argument(layer_class: type) -> str:
+    """What the layer calls its cache argument: transformers 4.x said `past_key_value`."""
+    return "past_key_values" if "past_key_values" in inspect.signature(layer_class.forward).parameters else "past_key_value"
+
+
 def _narrow(places: Tensor, backbone: nn.Module, layer: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple:
     """Forward pre-hook: swap the layer's inputs for their read positions and a replaying cache."""
     kwargs = dict(kwargs)
@@ -138,8 +145,7 @@ def _narrow(places: Tensor, backbone: nn.Module, layer: nn.Module, args: tuple, 
             kwargs.pop(name)
     kwargs.pop("past_key_value", None)
     kwargs["use_cache"] = False
-    cache_name = "past_key_values" if "past_key_values" in inspect.signature(type(layer).forward).parameters else "past_key_value"
-    kwargs[cache_name] = _Replay(key, value)
+    kwargs[_cache_argument(type(layer))] = _Replay(key, value)
     return (_rows(hidden, places, 1),), kwargs  # size = (B, R, H)
 
 

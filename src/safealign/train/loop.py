@@ -148,7 +148,11 @@ def _step(task: Task, model: nn.Module, optimizer, scheduler, acc: Accelerator, 
         for key, value in {"train/loss": loss, **extra}.items():
             sums[key] = sums.get(key, 0) + value.detach().float() / len(chunks)
     grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
-    reduced = {k: acc.reduce(v.reshape(1), "mean").item() for k, v in sums.items()}
+    # One all-reduce for all metrics; the token count rides along as a mean (× processes = sum).
+    names = list(sums)
+    local = torch.stack([sums[k].reshape(()) for k in names] + [torch.tensor(float(tokens), device=acc.device)])
+    means = acc.reduce(local.double(), "mean").tolist()
+    reduced = dict(zip(names, means[:-1]))
     if not math.isfinite(reduced["train/loss"]) or not math.isfinite(float(grad_norm)):
         what = "loss" if not math.isfinite(reduced["train/loss"]) else "gradient norm"
         kept = latest_checkpoint(out)
@@ -165,7 +169,7 @@ def _step(task: Task, model: nn.Module, optimizer, scheduler, acc: Accelerator, 
     reduced["train/grad_norm"] = float(grad_norm)
     reduced["train/lr"] = scheduler.get_last_lr()[0]
     if tokens:
-        reduced["train/tokens_per_second"] = acc.reduce(torch.tensor([float(tokens)], device=acc.device), "sum").item() / seconds
+        reduced["train/tokens_per_second"] = means[-1] * acc.num_processes / seconds
     return reduced
 
 
