@@ -24,8 +24,8 @@ from safealign.models.readout import can_narrow, group_places, top_layer
 from safealign.models.score import LoraSettings, ScoreModel
 
 VOCAB = 64
-SHAPE = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+SHAPE = {"vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128}
 CONFIGS = {
     "llama": lambda: LlamaConfig(**SHAPE),
     "mistral": lambda: MistralConfig(**SHAPE, sliding_window=None),

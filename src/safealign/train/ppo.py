@@ -35,7 +35,17 @@ from safealign.models.score import LoraSettings, ScoreModel, load_score_tokenize
 from safealign.train import memory
 from safealign.train.config import RunConfig, write_run_config
 from safealign.train.lagrange import LagrangeMultiplier
-from safealign.train.loop import make_accelerator, make_optimizer, make_scheduler, param_groups, progress_bar, resume_state, save_checkpoint
+from safealign.train.loop import (
+    clip_gradients,
+    direct_optimizer,
+    make_accelerator,
+    make_optimizer,
+    make_scheduler,
+    param_groups,
+    progress_bar,
+    resume_state,
+    save_checkpoint,
+)
 from safealign.train.metrics import MetricsLogger
 from safealign.train.policy import load_policy, save_policy
 from safealign.train.rollout import ModelScorer, Rollout, SamplingSettings, Scorer, critic_values, encode_prompts, sample, shaped_rewards, token_log_probs
@@ -331,9 +341,10 @@ def _update(cfg: PPOConfig, m: _Models, acc: Any, actor_opt: Any, critic_opt: An
             logp, _ = token_log_probs(m.actor, sub)
             actor_loss = ppo_policy_loss(logp, old_logp[idx], advantages[idx], mask[idx], cfg.clip_range)
             acc.backward(actor_loss)
-            acc.clip_grad_norm_(m.actor.parameters(), cfg.max_grad_norm or float("inf"))
-            actor_opt.step()
-            actor_opt.zero_grad(set_to_none=True)
+            clip_gradients(acc, m.actor.parameters(), cfg.max_grad_norm)
+            actor_step = direct_optimizer(actor_opt, acc)
+            actor_step.step()
+            actor_step.zero_grad(set_to_none=True)
             critic_loss = 0.0
             for (critic, old_values, returns), name in zip(critics, ("train/reward_critic_loss", "train/cost_critic_loss")):
                 critic.train()
@@ -341,9 +352,10 @@ def _update(cfg: PPOConfig, m: _Models, acc: Any, actor_opt: Any, critic_opt: An
                 sums[name] += value_loss.item()
                 critic_loss = critic_loss + value_loss
             acc.backward(critic_loss)
-            acc.clip_grad_norm_([p for c, _, _ in critics for p in c.parameters()], cfg.max_grad_norm or float("inf"))
-            critic_opt.step()
-            critic_opt.zero_grad(set_to_none=True)
+            clip_gradients(acc, [p for c, _, _ in critics for p in c.parameters()], cfg.max_grad_norm)
+            critic_step = direct_optimizer(critic_opt, acc)
+            critic_step.step()
+            critic_step.zero_grad(set_to_none=True)
             sums["train/actor_loss"] += actor_loss.item()
             n += 1
     if len(critics) == 1:
