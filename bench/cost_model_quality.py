@@ -18,7 +18,8 @@ records of each source, with the exported model folder), the chance / majority b
 and the wall time.
 
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 .venv/bin/python bench/cost_model_quality.py \
-        [--steps 40] [--batch-size 8] [--max-length 256] [--lora-r 8] [--lora-alpha 16] \
+        [--steps 120] [--batch-size 8] [--max-length 256] [--lora-r 16] [--lora-alpha 32] \
+        [--lora-targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj] \
         [--learning-rate 5e-4] [--hh-proportion 0.1] [--validation-split 0.2] [--threads 2] \
         [--output-dir DIR] [--json FILE]
 
@@ -50,6 +51,8 @@ from safealign.data.records import DualPreferencePair, Record
 from safealign.evaluate.preference import evaluate_preference
 from safealign.models.score import LoraSettings, ScoreModel, load_score_tokenizer
 from safealign.train.score import ScoreTrainConfig, train_score_model
+
+ALL_LINEAR = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # every linear layer of a Llama block
 
 SOURCES = {
     "pku_v1": "pku_saferlhf/v1_test_sample.jsonl",
@@ -123,12 +126,13 @@ def _fmt(value: float | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct", help="offline alias, folder or hub id")
-    parser.add_argument("--steps", type=int, default=40, help="optimizer steps")
+    parser.add_argument("--steps", type=int, default=120, help="optimizer steps (120 x 8 pairs: about 3 epochs)")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per step")
     parser.add_argument("--max-length", type=int, default=256, help="tokens per sequence (prompt cut from the left)")
-    parser.add_argument("--lora-r", type=int, default=8)
-    parser.add_argument("--lora-alpha", type=int, default=16)
-    parser.add_argument("--lora-targets", default=None, help="comma-separated module names (default: peft's for the model)")
+    parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--lora-alpha", type=int, default=32)
+    parser.add_argument("--lora-targets", default=ALL_LINEAR,
+                        help="comma-separated module names; '' for peft's default for the model (q_proj, v_proj on Llama)")
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--hh-proportion", type=float, default=0.1, help="share of the 2,312 HH-RLHF harmless rows")
     parser.add_argument("--validation-split", type=float, default=0.2, help="held-out share, split by prompt")
@@ -168,7 +172,8 @@ def main() -> None:
         counts[source_of(record)] += 1
 
     print()
-    print(f"cost model: {args.model} + LoRA r={args.lora_r} alpha={args.lora_alpha} | {args.steps} steps x "
+    print(f"cost model: {args.model} + LoRA r={args.lora_r} alpha={args.lora_alpha} on {args.lora_targets or 'peft default'}"
+          f" | {args.steps} steps x "
           f"{args.batch_size} pairs, max_length {args.max_length}, lr {args.learning_rate}, threads {args.threads}, "
           f"HH proportion {args.hh_proportion}, validation_split {args.validation_split} (by prompt), seed {args.seed}")
     print(f"train pairs: {len(train_records)} ({', '.join(f'{k} {v}' for k, v in counts.items())}); "
