@@ -10,16 +10,19 @@ length, optimizer-step count and torch threads, one after the other in one proce
   cut from the left to `--max-length`). safealign trains from the file through
   `train_score_model(cfg, "reward")`; TRL gets the *same* ids as a pre-tokenised dataset
   (`chosen_ids` / `rejected_ids` columns), so no sequence is filtered out.
-- Batches (`--order same`, default): TRL reads the dataset sequentially in exactly the
-  batch order safealign's loop draws (`safealign.train.batching.epoch_batches`, length
-  grouped), so both sides pad and compute the same batches. `--order defaults` lets each
-  library draw its own (safealign: seeded length grouping; TRL: its random sampler).
+- Batches. `--order defaults`: each library draws its own (safealign: seeded length
+  grouping, a feature of its loop; TRL: its random sampler). This is the comparison the
+  1.5x target is judged on: same data, batch size and maximum length, each library as a
+  user runs it. `--order same`: TRL reads the dataset sequentially in exactly the batch
+  order safealign's loop draws (`safealign.train.batching.epoch_batches`, length grouped),
+  so both sides pad and compute identical batches; printed as informative, it isolates
+  the work per batch. `--order both` (default) runs the two.
 - Both: fp32 weights and no autocast (`--precision bf16`: bf16 autocast on both; TRL's
   default is bf16, turned off for the fp32 default), no gradient checkpointing (TRL's
   default is on; turned off), no evaluation, no checkpoint while timing, dynamic right
   padding per batch, grad clipping at 1.0, gradient accumulation 1, AdamW in each
-  library's own default implementation (safealign: `torch.optim.AdamW()`, which on CPU is
-  the per-tensor loop; TRL: `adamw_torch_fused`).
+  library's own default implementation (safealign: `torch.optim.AdamW(fused=True)`; TRL:
+  `adamw_torch_fused`).
 - Timing: steady-state wall time from the end of the warm-up step(s) to the end of the last
   optimizer step, i.e. everything each library does per step (batch fetch and collate,
   forward, backward, clipping, optimizer and schedule, per-step logging). Model loading,
@@ -36,7 +39,7 @@ offline alias, full fine-tune on both sides).
 
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 .bench-venv/bin/python bench/reward_vs_trl.py \
         [--models tiny,smollm2] [--steps N] [--warmup 2] [--batch-size 4] [--max-length 256] \
-        [--threads 2] [--order same|defaults] [--precision fp32|bf16] [--repeats 2] [--json FILE]
+        [--threads 2] [--order both|defaults|same] [--precision fp32|bf16] [--repeats 2] [--json FILE]
 
 Needs TRL (see bench/requirements.txt and bench/README.md for the bench venv).
 """
@@ -233,7 +236,7 @@ def run_trl(location: str, examples: list[dict[str, Any]], order: list[int] | No
 # --- driver -------------------------------------------------------------------------------
 
 
-def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
+def measure(name: str, args: argparse.Namespace, order_kind: str) -> dict[str, Any]:
     steps = args.steps or DEFAULT_STEPS[name]
     runs: dict[str, list[tuple[int, float, list[float]]]] = {"safealign": [], "trl": []}
     with tempfile.TemporaryDirectory(prefix="bench-rm-") as tmp:
@@ -241,7 +244,7 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
         location = model_location(name, scratch)
         tokenizer = load_score_tokenizer(location)
         examples = pair_examples(tokenizer, args.max_length)
-        order = safealign_order(examples, args.batch_size, steps, args.seed, args.pack == "on") if args.order == "same" else None
+        order = safealign_order(examples, args.batch_size, steps, args.seed, args.pack == "on") if order_kind == "same" else None
         for repeat in range(args.repeats):
             sides = ["safealign", "trl"] if repeat % 2 == 0 else ["trl", "safealign"]
             for side in sides:
@@ -252,7 +255,7 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
                     clock = run_trl(location, examples, order, tokenizer, args, steps, run_dir)
                 runs[side].append(clock.result(args.warmup))
                 gc.collect()
-    out: dict[str, Any] = {"model": name, "steps": steps}
+    out: dict[str, Any] = {"model": name, "order": order_kind, "steps": steps}
     for side, results in runs.items():
         window = [tokens / seconds for tokens, seconds, _ in results]
         out[side] = {
@@ -278,8 +281,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="pairs per step (both sides)")
     parser.add_argument("--max-length", type=int, default=256, help="tokens per sequence (both sides)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both sides")
-    parser.add_argument("--order", choices=["same", "defaults"], default="same",
-                        help="same: TRL reads safealign's batches; defaults: each library's own sampler")
+    parser.add_argument("--order", choices=["both", "defaults", "same"], default="both",
+                        help="defaults: each library's own sampler (the target's comparison); same: TRL reads "
+                        "safealign's batches, so both compute identical batches (informative); both: the two")
     parser.add_argument("--repeats", type=int, default=2, help="runs per side, alternating which goes first; medians reported")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="fp32, or bf16 autocast on both sides (fp32 weights; "
@@ -301,24 +305,27 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     load_before = os.getloadavg()[0]
-    results = [measure(name, args) for name in names]
+    orders = ["defaults", "same"] if args.order == "both" else [args.order]
+    results = [measure(name, args, order) for name in names for order in orders]
     load_after = os.getloadavg()[0]
 
     print()
     print(f"reward-model training, tokens/s (non-padding chosen+rejected) | torch {torch.__version__}, "
           f"transformers {transformers.__version__}, trl {trl.__version__}, threads {args.threads}, "
-          f"batch {args.batch_size} pairs, max_length {args.max_length}, order {args.order}, warm-up {args.warmup}, "
+          f"batch {args.batch_size} pairs, max_length {args.max_length}, warm-up {args.warmup}, "
           f"{args.precision}, safealign packing {args.pack}, {args.repeats} run(s) per side")
-    header = (f"{'model':<9}{'steps':>6}{'tokens':>9}{'safealign tok/s':>17}{'TRL tok/s':>11}{'ratio':>7}"
+    header = (f"{'model':<9}{'order':>9}{'steps':>6}{'tokens':>9}{'safealign tok/s':>17}{'TRL tok/s':>11}{'ratio':>7}"
               f"{'window ratio':>14}  target")
     print(header)
     print("-" * len(header))
     for r in results:
         same = "" if r["safealign"]["tokens"] == r["trl"]["tokens"] else f" (TRL fed {r['trl']['tokens']})"
         verdict = "met" if r["ratio"] >= TARGET_RATIO else "not met"
-        print(f"{r['model']:<9}{r['steps']:>6}{r['safealign']['tokens']:>9}{r['safealign']['tokens_per_second']:>17.1f}"
+        target = f">= {TARGET_RATIO}: {verdict}" if r["order"] == "defaults" else "(informative)"
+        print(f"{r['model']:<9}{r['order']:>9}{r['steps']:>6}{r['safealign']['tokens']:>9}"
+              f"{r['safealign']['tokens_per_second']:>17.1f}"
               f"{r['trl']['tokens_per_second']:>11.1f}{r['ratio']:>7.2f}{r['window_ratio']:>14.2f}"
-              f"  >= {TARGET_RATIO}: {verdict}{same}")
+              f"  {target}{same}")
     print("  tok/s = median over the timed steps of all runs; window = whole timed window per run (median of runs)")
     print(f"  1-minute load average before {load_before:.2f}, after {load_after:.2f} "
           f"(other jobs on the machine skew both sides; trust a run only when it stayed below ~{args.threads})")
@@ -326,7 +333,7 @@ def main() -> None:
         runs = " | ".join(
             f"{side} " + ", ".join(f"{v:.1f}" for v in r[side]["window_runs"]) for side in ("safealign", "trl")
         )
-        print(f"  {r['model']} window tok/s per run: {runs}")
+        print(f"  {r['model']} ({r['order']}) window tok/s per run: {runs}")
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results}, indent=2))
 
