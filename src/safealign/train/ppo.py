@@ -37,7 +37,6 @@ from safealign.train.config import RunConfig, write_run_config
 from safealign.train.lagrange import LagrangeMultiplier
 from safealign.train.loop import (
     clip_gradients,
-    direct_optimizer,
     make_accelerator,
     make_optimizer,
     make_scheduler,
@@ -45,6 +44,7 @@ from safealign.train.loop import (
     progress_bar,
     resume_state,
     save_checkpoint,
+    step_optimizer,
 )
 from safealign.train.metrics import MetricsLogger
 from safealign.train.policy import load_policy, save_policy
@@ -342,9 +342,7 @@ def _update(cfg: PPOConfig, m: _Models, acc: Any, actor_opt: Any, critic_opt: An
             actor_loss = ppo_policy_loss(logp, old_logp[idx], advantages[idx], mask[idx], cfg.clip_range)
             acc.backward(actor_loss)
             clip_gradients(acc, m.actor.parameters(), cfg.max_grad_norm)
-            actor_step = direct_optimizer(actor_opt, acc)
-            actor_step.step()
-            actor_step.zero_grad(set_to_none=True)
+            step_optimizer(actor_opt, acc)
             critic_loss = 0.0
             for (critic, old_values, returns), name in zip(critics, ("train/reward_critic_loss", "train/cost_critic_loss")):
                 critic.train()
@@ -353,9 +351,7 @@ def _update(cfg: PPOConfig, m: _Models, acc: Any, actor_opt: Any, critic_opt: An
                 critic_loss = critic_loss + value_loss
             acc.backward(critic_loss)
             clip_gradients(acc, [p for c, _, _ in critics for p in c.parameters()], cfg.max_grad_norm)
-            critic_step = direct_optimizer(critic_opt, acc)
-            critic_step.step()
-            critic_step.zero_grad(set_to_none=True)
+            step_optimizer(critic_opt, acc)
             sums["train/actor_loss"] += actor_loss.item()
             n += 1
     if len(critics) == 1:
