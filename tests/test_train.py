@@ -60,6 +60,24 @@ def test_full_fine_tune_changes_every_parameter(tiny, tmp_path):
     assert {"train/loss", "train/accuracy", "train/lr", "train/grad_norm"} <= metrics[0].keys()
 
 
+def test_every_module_trains_in_train_mode(tiny, tmp_path, monkeypatch):
+    # transformers loads a backbone in eval mode under a ScoreModel root that says training:
+    # dropout and gradient checkpointing would silently stay off if only the root were checked.
+    from safealign.train import score
+
+    seen: list[bool] = []
+    original = score._pair_scores
+
+    def recording(model, batch):
+        seen.append(all(m.training for m in model.modules()))
+        return original(model, batch)
+
+    monkeypatch.setattr(score, "_pair_scores", recording)
+    train_score_model(score_config(tiny, tmp_path, "--max_steps", "3", "--per_device_batch_size", "4",
+                                   "--validation_split", "0"), "reward")
+    assert seen == [True, True, True]
+
+
 def test_gradient_accumulation_matches_a_big_batch(tiny, tmp_path):
     heads = []
     for per_device, accumulate in ((8, 1), (1, 8)):

@@ -135,8 +135,9 @@ def _step(task: Task, model: nn.Module, optimizer, scheduler, acc: Accelerator, 
     sums: dict[str, Tensor] = {}
     tokens = 0
     started = time.perf_counter()
-    if not model.training:  # `train()` walks every submodule; only after an evaluation is it needed
-        model.train()
+    # Every step: a model's root can say training while a submodule is in eval mode
+    # (transformers loads backbones in eval mode; evaluations and reference passes switch).
+    model.train()
     for i, chunk in enumerate(chunks):
         batch = _to_device(task.collate([task.train_examples[j] for j in chunk]), acc.device)
         tokens += int(batch.get("num_tokens", 0))
