@@ -70,17 +70,14 @@ def group_places(read_at: Tensor, rows: int) -> tuple[Tensor, Tensor]:
     ``table.reshape(-1)[slot[i]]`` is the column of pair i, size = (N,).
     """
     per_row: list[list[int]] = [[] for _ in range(rows)]
-    slot = []
+    ranks = []  # (row, rank within the row) of each pair
     for row, column in read_at.tolist():
-        slot.append(row)  # row for now; the rank within the row is added below
+        ranks.append((row, len(per_row[row])))
         per_row[row].append(column)
     width = max(len(columns) for columns in per_row)
     if width == 0:
         raise ValueError("read_at is empty")
-    rank = [0] * rows
-    for i, row in enumerate(slot):
-        slot[i] = row * width + rank[row]
-        rank[row] += 1
+    slot = [row * width + rank for row, rank in ranks]
     table = [columns + [columns[-1] if columns else 0] * (width - len(columns)) for columns in per_row]
     return torch.tensor(table, dtype=torch.long), torch.tensor(slot, dtype=torch.long)
 
