@@ -17,6 +17,20 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Gradient checkpointing with ``use_reentrant=False`` on a transformers model.
+
+    transformers 5 renamed ``gradient_checkpointing_enable`` (now a deprecated alias) to
+    ``activation_checkpointing_enable``; both make embedding outputs require grad, which
+    frozen (LoRA) backbones need for gradients to reach the adapters.
+    """
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable()
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def to_torch_dtype(dtype: torch.dtype | str) -> torch.dtype | str:
     """Map ``"float32"``/``"bfloat16"``/... to a torch dtype; ``"auto"`` passes through."""
     import torch

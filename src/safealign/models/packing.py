@@ -15,6 +15,11 @@ Only for causal models (a bidirectional encoder's prefix tokens see the response
 states differ per response): `can_pack` says whether a backbone qualifies. Packing trades
 dense-layer work (fewer positions) for attention work (longer rows); `PackingRule` decides per
 batch from the model's shape which layout costs fewer FLOPs.
+
+That a model honours a custom 4D mask and per-token `position_ids` is how transformers'
+sdpa and eager attention work today, not a documented promise: `can_pack` checks it once per
+model class and library versions on a tiny random twin (`check_packing`), and a model that
+fails is never packed (one `FallbackWarning`).
 """
 
 from __future__ import annotations
@@ -23,8 +28,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import inspect
+
 import torch
 from torch import Tensor, nn
+
+from safealign.models.selfcheck import assert_close, first_output, tiny_twin, verified
 
 PACKABLE_ATTENTION = ("sdpa", "eager")
 
@@ -36,9 +45,45 @@ def is_causal(backbone: nn.Module) -> bool:
 
 
 def can_pack(backbone: nn.Module) -> bool:
-    """True for a causal transformers model whose attention takes a custom 4D mask."""
+    """True for a causal transformers model whose attention takes a custom 4D mask (self-checked)."""
     config = getattr(backbone, "config", None)
-    return getattr(config, "_attn_implementation", None) in PACKABLE_ATTENTION and is_causal(backbone)
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation not in PACKABLE_ATTENTION or not is_causal(backbone):
+        return False
+    if "position_ids" not in inspect.signature(backbone.forward).parameters:
+        return False
+    return verified(("pack_pairs", type(backbone), implementation), lambda: check_packing(backbone),
+                    what=f"packed pairs in {type(backbone).__name__} ({implementation})",
+                    fallback="pairs are padded, not packed")
+
+
+def check_packing(model: nn.Module) -> None:
+    """Raise unless packed pairs give a tiny twin of `model` the outputs of the padded forward.
+
+    Every token of both sequences of each pair; for a causal LM also with `logits_to_keep`
+    as a tensor of columns, as `sequence_logprobs` calls it.
+    """
+    twin = tiny_twin(model)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, twin.config.vocab_size, (4, 6), generator=generator).tolist()
+    pairs = [(ids[0], ids[0][:3] + ids[1][:2]), (ids[2][:4], ids[3])]
+    sequences = [a for a, _ in pairs] + [b for _, b in pairs]
+    longest = max(len(s) for s in sequences)
+    padded = torch.tensor([s + [0] * (longest - len(s)) for s in sequences])  # size = (2B, L)
+    mask = torch.tensor([[1] * len(s) + [0] * (longest - len(s)) for s in sequences])
+    packed = pack_pairs(pairs, pad_id=0)
+    inputs = {"input_ids": packed["input_ids"], "position_ids": packed["position_ids"],
+              "attention_mask": mask_for(packed["attention_mask"], twin, torch.float32)}
+    variants = {"packed": {}}
+    if "logits_to_keep" in inspect.signature(twin.forward).parameters:
+        variants["packed, logits_to_keep"] = {"logits_to_keep": torch.arange(packed["input_ids"].size(1))}
+    with torch.no_grad():
+        want = first_output(twin(input_ids=padded, attention_mask=mask))  # size = (2B, L, D)
+        for name, extra in variants.items():
+            got = first_output(twin(**inputs, **extra))  # size = (B, W, D)
+            for s, sequence in enumerate(sequences):
+                columns = packed["index"][s, : len(sequence)]
+                assert_close(f"{name}: sequence {s}", got[packed["rows"][s], columns], want[s, : len(sequence)])
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,13 @@ keys and values from the layer's own norm and projections, then hands the layer 
 read positions, their rotary angles and mask rows, and a read-only cache that returns the
 full keys and values. Only decoder layers whose forward is ``input_layernorm -> self_attn
 (keys through k_proj, an optional k_norm and the rotary embedding; a cache update) -> MLP``
-qualify (`NARROWABLE`, each checked against the full forward in the tests); any other
-backbone runs in full.
+qualify (`NARROWABLE`); any other backbone runs in full.
+
+This reaches into transformers' layers (their argument names, how attention consults the
+cache), which change between releases. So before a layer class is narrowed for the first
+time in a process, `can_narrow` checks the narrowed forward against the full one on a tiny
+random twin of the model (scores and every gradient; right padding, left padding and packed
+pairs), and falls back to the full forward, with one `FallbackWarning`, when it differs.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from safealign.models.packing import PACKABLE_ATTENTION, mask_for
+from safealign.models.loading import enable_gradient_checkpointing
+from safealign.models.packing import PACKABLE_ATTENTION, last_token_places, mask_for, pack_pairs
+from safealign.models.selfcheck import assert_close, tiny_twin, verified
 
 NARROWABLE = frozenset({"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer"})
 """Decoder layers whose top layer may run at the read positions only."""
@@ -58,8 +65,10 @@ class _Replay:
 
     def __init__(self, key: Tensor, value: Tensor) -> None:
         self.key, self.value = key, value
+        self.used = False
 
     def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        self.used = True
         return self.key, self.value
 
 
@@ -110,10 +119,17 @@ def _keys_values(layer: nn.Module, hidden: Tensor, position_embeddings: tuple[Te
     return key * cos + rotated * sin, value
 
 
+_CACHE_NAMES = ("cache", "past_key_values", "past_key_value")  # transformers >= 5.24, 5.0-5.23, 4.x
+
+
 @functools.cache
-def _cache_argument(layer_class: type) -> str:
-    """What the layer calls its cache argument: transformers 4.x said `past_key_value`."""
-    return "past_key_values" if "past_key_values" in inspect.signature(layer_class.forward).parameters else "past_key_value"
+def _cache_argument(forward: Any) -> str:
+    """What a layer's `forward` calls its cache argument (renamed twice so far)."""
+    parameters = inspect.signature(forward).parameters
+    for name in _CACHE_NAMES:
+        if name in parameters:
+            return name
+    raise RuntimeError(f"{forward.__qualname__} takes none of {_CACHE_NAMES}")
 
 
 def _narrow(places: Tensor, backbone: nn.Module, layer: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple:
@@ -140,21 +156,88 @@ def _narrow(places: Tensor, backbone: nn.Module, layer: nn.Module, args: tuple, 
             kwargs[name] = _rows(value_at, places, 1)
         elif isinstance(value_at, Tensor):
             kwargs.pop(name)
-    kwargs.pop("past_key_value", None)
+    for name in _CACHE_NAMES:
+        kwargs.pop(name, None)
     kwargs["use_cache"] = False
-    kwargs[_cache_argument(type(layer))] = _Replay(key, value)
+    replay = _Replay(key, value)
+    kwargs[_cache_argument(type(layer).forward)] = replay
+    layer._safealign_replay = replay  # checked after the layer ran (`_check_replayed`)
     return (_rows(hidden, places, 1),), kwargs  # size = (B, R, H)
 
 
+def _check_replayed(layer: nn.Module, args: tuple, output: Any) -> None:
+    """Forward hook: the attention must have taken its keys and values from the replaying cache."""
+    replay = vars(layer).pop("_safealign_replay", None)
+    if replay is not None and not replay.used:
+        raise RuntimeError(f"{type(layer).__name__}'s attention did not consult the cache it was given")
+
+
 def can_narrow(backbone: nn.Module) -> bool:
-    """Whether `narrow_top_layer` applies to this backbone (in training or not)."""
+    """Whether `narrow_top_layer` applies to this backbone (in training or not), self-checked."""
     layer = top_layer(backbone)
     if layer is None:
         return False
     # Under gradient checkpointing transformers drops a layer's cache unless the layer says
     # it only reads it, which transformers 5 lets a layer say; ours only reads.
-    checkpointed = getattr(layer, "gradient_checkpointing", False)
-    return not checkpointed or hasattr(type(layer), "_can_checkpoint_with_cache")
+    checkpointed = bool(getattr(layer, "gradient_checkpointing", False))
+    if checkpointed and not hasattr(type(layer), "_can_checkpoint_with_cache"):
+        return False
+    base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    key = ("narrow_top_layer", type(base), type(layer), base.config._attn_implementation, checkpointed)
+    return verified(key, lambda: check_narrowing(base, checkpointed),
+                    what=f"the narrowed top layer of {type(base).__name__} ({base.config._attn_implementation})",
+                    fallback="score models compute the top layer at every position")
+
+
+def check_narrowing(model: nn.Module, checkpointed: bool = False) -> None:
+    """Raise unless the narrowed forward of a tiny twin of `model` equals its full forward.
+
+    Scores and the gradients of every parameter, for the three ways `ScoreModel` calls a
+    backbone: right padding without a mask, a 2D mask with left padding, packed pairs.
+    """
+    twin = tiny_twin(model)
+    if checkpointed:  # checkpointing acts in training mode only
+        enable_gradient_checkpointing(twin)
+        twin.train()
+    if top_layer(twin) is None:
+        raise RuntimeError(f"a tiny {type(model).__name__} has no narrowable top layer")
+    extra = {"use_cache": False} if "use_cache" in inspect.signature(twin.forward).parameters else {}
+    generator = torch.Generator().manual_seed(0)
+    vocab = twin.config.vocab_size
+    ids = torch.randint(1, vocab, (3, 7), generator=generator)  # size = (3, 7)
+    lengths = torch.tensor([7, 5, 3])
+    right = (torch.arange(7) < lengths.unsqueeze(1)).long()  # size = (3, 7)
+    left = right.flip(1)
+    sequences = [ids[i, : int(n)].tolist() for i, n in enumerate(lengths)]
+    pairs = [(sequences[0], sequences[0][:4] + sequences[1][:2]), (sequences[2], sequences[1])]
+    packed = pack_pairs(pairs, pad_id=0)
+    mask = mask_for(packed["attention_mask"], twin, torch.float32)
+    read_right = torch.stack([torch.arange(3), lengths - 1], dim=1)  # (row, column), size = (N, 2)
+    read_left = torch.stack([torch.arange(3), torch.full((3,), 6)], dim=1)
+    cases = {
+        "right padding": ({"input_ids": ids}, read_right),
+        "left padding": ({"input_ids": ids.flip(1), "attention_mask": left,
+                          "position_ids": (left.cumsum(-1) - 1).clamp_min(0)}, read_left),
+        "packed pairs": ({"input_ids": packed["input_ids"], "attention_mask": mask,
+                          "position_ids": packed["position_ids"]}, last_token_places(packed)),
+    }
+    named = [(n, p) for n, p in twin.named_parameters() if p.requires_grad]
+    parameters = [p for _, p in named]
+    for name, (inputs, read_at) in cases.items():
+        weights = torch.randn(read_at.size(0), twin.config.hidden_size, generator=generator)
+        hidden = twin(**inputs, **extra).last_hidden_state[read_at[:, 0], read_at[:, 1]]  # size = (N, H)
+        want = torch.autograd.grad((hidden * weights).sum(), parameters, allow_unused=True)
+        places, slot = group_places(read_at, inputs["input_ids"].size(0))
+        with narrow_top_layer(twin, places):
+            narrowed = twin(**inputs, **extra).last_hidden_state
+        narrowed = narrowed.reshape(-1, narrowed.size(-1))[slot]  # size = (N, H)
+        got = torch.autograd.grad((narrowed * weights).sum(), parameters, allow_unused=True)
+        assert_close(f"{name}: scores", narrowed, hidden)
+        for (parameter, _), g, w in zip(named, got, want):
+            if (g is None) != (w is None):
+                raise AssertionError(f"{name}: gradient of {parameter} is missing on one side")
+            if g is not None:
+                assert_close(f"{name}: gradient of {parameter}", g, w)
 
 
 @contextmanager
@@ -170,12 +253,15 @@ def narrow_top_layer(backbone: nn.Module, places: Tensor) -> Iterator[None]:
     handle = layer.register_forward_pre_hook(
         lambda module, args, kwargs: _narrow(places, backbone, module, args, kwargs), with_kwargs=True
     )
+    after = layer.register_forward_hook(_check_replayed)
     own = vars(layer).get("_can_checkpoint_with_cache")
     layer._can_checkpoint_with_cache = True  # the replaying cache is read-only
     try:
         yield
     finally:
         handle.remove()
+        after.remove()
+        vars(layer).pop("_safealign_replay", None)
         if own is None:
             del layer._can_checkpoint_with_cache
         else:

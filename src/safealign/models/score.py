@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import safealign
+from safealign.models.loading import enable_gradient_checkpointing
 from safealign.models.packing import PackingRule, can_pack, is_causal, mask_for, right_padded
 from safealign.models.readout import can_narrow, group_places, narrow_top_layer
 
@@ -278,15 +279,7 @@ class ScoreModel(nn.Module):
 
     def _prepare(self, lora: LoraSettings | None, gradient_checkpointing: bool) -> ScoreModel:
         if gradient_checkpointing:
-            # transformers 5 renamed gradient_checkpointing_enable (now a deprecated alias);
-            # both default to use_reentrant=False and make embedding outputs require grad,
-            # which frozen (LoRA) backbones need for gradients to reach the adapters.
-            enable = getattr(self.backbone, "activation_checkpointing_enable", None)
-            if enable is None:
-                enable = self.backbone.gradient_checkpointing_enable
-                enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                enable()
+            enable_gradient_checkpointing(self.backbone)
         if lora is not None:
             self.backbone = add_lora(self.backbone, lora)
         self.lora = lora

@@ -27,6 +27,7 @@ from accelerate.utils import gather_object
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
+from safealign.models.selfcheck import assert_close, verified
 from safealign.train.batching import epoch_batches, micro_batches, shard
 from safealign.train.config import LoopConfig, RunConfig
 from safealign.train.metrics import MetricsLogger
@@ -124,9 +125,20 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
     distributed_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     # AcceleratorState is a process-wide singleton; a pipeline trains several models in one
     # process with different precisions, so forget the previous run's settings (the
-    # process group, in PartialState, is kept).
-    AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=distributed_cpu)
+    # process group, in PartialState, is kept). `_reset_state` is private: without it, an
+    # Accelerator with other settings than the process's first refuses to start.
+    reset = getattr(AcceleratorState, "_reset_state", None)
+    if callable(reset):
+        reset()
+    try:
+        acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=distributed_cpu)
+    except ValueError as error:
+        raise TrainingError(f"cannot set up accelerate for mixed_precision={cfg.mixed_precision!r} in this process "
+                            f"({error}); run this stage in a process of its own") from error
+    if acc.mixed_precision != cfg.mixed_precision:
+        raise TrainingError(f"accelerate kept mixed_precision={acc.mixed_precision!r} from an earlier run in this "
+                            f"process, not {cfg.mixed_precision!r}; run this stage in a process of its own")
+    return acc
 
 
 def _step(task: Task, model: nn.Module, optimizer, scheduler, acc: Accelerator, cfg: LoopConfig,
@@ -278,9 +290,23 @@ def clip_gradients(acc: Accelerator, parameters: Any, max_norm: float | None) ->
 
     limit = max_norm or float("inf")
     plain = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
-    if acc.distributed_type in plain and acc.scaler is None:
+    if acc.distributed_type in plain and acc.scaler is None and verified(
+        ("torch clip_grad_norm_", acc.distributed_type), lambda: _check_clip(acc),
+        what="torch's clip_grad_norm_ in place of accelerate's", fallback="gradients are clipped by accelerate",
+    ):
         return torch.nn.utils.clip_grad_norm_(parameters, limit)
     return acc.clip_grad_norm_(parameters, limit)
+
+
+def _check_clip(acc: Accelerator) -> None:
+    """Raise unless accelerate's clip_grad_norm_ equals torch's (norm and clipped gradients)."""
+    grads = [torch.tensor([3.0, -4.0]), torch.tensor([[12.0]])]
+    ours, theirs = ([torch.nn.Parameter(torch.zeros_like(g, device=acc.device)) for g in grads] for _ in range(2))
+    for a, b, g in zip(ours, theirs, grads):
+        a.grad, b.grad = g.to(acc.device, copy=True), g.to(acc.device, copy=True)
+    assert_close("gradient norm", torch.nn.utils.clip_grad_norm_(ours, 6.5), torch.as_tensor(acc.clip_grad_norm_(theirs, 6.5)))
+    for a, b in zip(ours, theirs):
+        assert_close("clipped gradient", a.grad, b.grad)
 
 
 def step_optimizer(optimizer: Any, acc: Accelerator) -> None:
@@ -295,11 +321,36 @@ def step_optimizer(optimizer: Any, acc: Accelerator) -> None:
     from accelerate.optimizer import AcceleratedOptimizer
     from accelerate.utils import DistributedType
 
-    plain = type(optimizer) is AcceleratedOptimizer and optimizer.scaler is None
-    if plain and acc.distributed_type != DistributedType.XLA and acc.sync_gradients:
+    plain = type(optimizer) is AcceleratedOptimizer and getattr(optimizer, "scaler", True) is None
+    if plain and acc.distributed_type != DistributedType.XLA and acc.sync_gradients and verified(
+        ("direct optimizer step",), _check_direct_step,
+        what="stepping the torch optimizer inside accelerate's wrapper", fallback="accelerate's wrapper steps it",
+    ):
         optimizer = optimizer.optimizer
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def _check_direct_step() -> None:
+    """Raise unless stepping the wrapped torch optimizer moves parameters as the wrapper's `step` does."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    params = [torch.nn.Parameter(torch.tensor([1.0, -2.0])) for _ in range(2)]
+    # SGD with momentum: linear in the gradients, so a wrapper that changes them shows.
+    wrapped = [AcceleratedOptimizer(torch.optim.SGD([p], lr=0.1, momentum=0.9), device_placement=False) for p in params]
+    if not all(isinstance(w.optimizer, torch.optim.Optimizer) and w.optimizer.param_groups[0]["params"][0] is p
+               for w, p in zip(wrapped, params)):
+        raise RuntimeError("AcceleratedOptimizer no longer keeps the torch optimizer in `.optimizer`")
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.tensor([0.5, 0.25])
+        wrapped[0].step()
+        wrapped[0].zero_grad(set_to_none=True)
+        wrapped[1].optimizer.step()
+        wrapped[1].optimizer.zero_grad(set_to_none=True)
+    assert_close("parameters after two steps", params[1], params[0], tolerance=1e-7)
+    if params[1].grad is not None:
+        raise RuntimeError("zero_grad(set_to_none=True) left a gradient")
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:

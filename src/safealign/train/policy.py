@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from safealign.data.derive import PreferenceBasis
 from safealign.data.records import DualPreferencePair
-from safealign.models.loading import load_causal_lm
+from safealign.models.loading import enable_gradient_checkpointing, load_causal_lm
 from safealign.models.packing import PackingRule, can_pack, mask_for, pack_pairs, right_padded
 from safealign.models.score import LoraSettings, add_lora, load_score_tokenizer, plain_backbone_state
 from safealign.models.template import render, render_prompt
@@ -53,12 +53,7 @@ def load_policy(
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))  # a new <pad> was added
     if gradient_checkpointing:
-        # use_reentrant=False also lets gradients reach LoRA adapters under a frozen base.
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        if enable is not None:
-            enable()
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(model)
     if lora is not None:
         model = add_lora(model, lora)
     return model, tokenizer
