@@ -9,18 +9,21 @@ from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from safealign.config import ConfigError
-from safealign.data.errors import DataError
+from safealign.data.errors import DataError, printable
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# No markup by default: what is printed quotes users' files, where "[/x]" is text, not a style.
+console = Console(highlight=False, soft_wrap=True, markup=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 T = TypeVar("T")
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print `error: message` to stderr and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", markup=True)
+    # The message may quote a user's file: escape it, so "[/x]" in the data is not read as markup.
+    err_console.print(f"[bold red]error:[/] {escape(printable(message))}", markup=True)
     return typer.Exit(code)
 
 

@@ -68,7 +68,7 @@ def validate(
     _print_counts(loaded)
     if loaded.report.rejected:
         raise typer.Exit(1)
-    console.print("[green]all records valid[/]")
+    console.print("[green]all records valid[/]", markup=True)
 
 
 @app.command()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import re
 from dataclasses import dataclass, field
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class RecordError(ValueError):
@@ -29,7 +33,20 @@ class Rejection:
     line: int  # 1-based line (JSONL, CSV, JSON array element start) or row number
     field: str  # "-" when the line as a whole is unreadable
     reason: str
-    raw: str
+    raw: str | bytes  # the line's bytes, or text that may hold surrogates (`surrogateescape`)
+
+    def raw_record(self) -> dict[str, str]:
+        """`{"raw": text}`; where the raw bytes are not valid UTF-8, also `raw_base64` with them exactly.
+
+        `raw` is then the text with U+FFFD for each invalid byte, for reading; `raw_base64`
+        restores the bytes as the file had them (a lone surrogate from a JSON escape that was
+        already decoded comes back as its UTF-8 form, `surrogatepass`).
+        """
+        data = self.raw if isinstance(self.raw, bytes) else exact_bytes(self.raw)
+        try:
+            return {"raw": data.decode("utf-8")}
+        except UnicodeDecodeError:
+            return {"raw": data.decode("utf-8", "replace"), "raw_base64": base64.b64encode(data).decode("ascii")}
 
     def describe(self) -> str:
         """`file:line: field 'x': reason`, the one-line form used in messages."""
@@ -37,6 +54,26 @@ class Rejection:
         if self.field == "-":
             return f"{where}: {self.reason}"
         return f"{where}: field {self.field!r}: {self.reason}"
+
+
+def exact_bytes(text: str) -> bytes:
+    """The bytes a text decoded with `surrogateescape` came from; other lone surrogates as `surrogatepass`."""
+    if not _SURROGATE.search(text):
+        return text.encode("utf-8")
+    out = bytearray()
+    last = 0
+    for match in _SURROGATE.finditer(text):
+        out += text[last : match.start()].encode("utf-8")
+        code = ord(match.group())
+        out += bytes([code - 0xDC00]) if 0xDC80 <= code <= 0xDCFF else match.group().encode("utf-8", "surrogatepass")
+        last = match.end()
+    out += text[last:].encode("utf-8")
+    return bytes(out)
+
+
+def printable(text: str) -> str:
+    """`text` with any lone surrogate written as a `\\udXXX` escape, safe to encode as UTF-8."""
+    return text if not _SURROGATE.search(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(slots=True)

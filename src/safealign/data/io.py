@@ -210,8 +210,16 @@ def _parquet_rows(path: Path) -> Iterator[RawRow]:
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
     n = 0
-    for batch in table.iter_batches():
-        for row in batch.to_pylist():
+    for group in range(table.num_row_groups):
+        try:
+            rows = table.read_row_group(group).to_pylist()
+        except Exception as exc:  # a damaged page: each of the group's rows is rejected, none is lost from the counts
+            reason = f"row group {group} cannot be decoded ({type(exc).__name__}: {exc})"
+            for _ in range(table.metadata.row_group(group).num_rows):
+                n += 1
+                yield n, None, "", RecordError("-", reason)
+            continue
+        for row in rows:
             n += 1
             yield n, row, _raw_json(row), None
     if n == 0:

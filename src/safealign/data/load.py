@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from safealign.data.errors import DataError, LoadReport, RecordError, Rejection
+from safealign.data.errors import DataError, LoadReport, RecordError, Rejection, printable
 from safealign.data.formats import Format, detect_format, get_format
 from safealign.data.io import RowSource, iter_rows, local_kind
 from safealign.data.records import Record, content_key, to_dict
@@ -103,8 +103,7 @@ def read_source(spec: SourceSpec, format_name: str | None = None, strict: bool =
             except RecordError as exc:
                 error = exc
         if error is not None:
-            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-            rejection = Rejection(location, line, error.field, error.reason, text)
+            rejection = Rejection(location, line, error.field, error.reason, raw)
             if strict:
                 raise DataError(rejection.describe() + "\n(use --skip-invalid to write bad records to a rejects file and go on)")
             report.rejections.append(rejection)
@@ -194,11 +193,17 @@ def split_train_validation(records: Iterable[Record], validation: float, seed: i
 
 
 def write_rejects(rejections: Iterable[Rejection], path: str | Path) -> int:
-    """Write every rejection (with its raw text) as JSON Lines; returns how many."""
+    """Write every rejection as JSON Lines, nothing of the raw line lost; returns how many.
+
+    One row per rejection: `location`, `line`, `field`, `reason`, `raw` (the line as text)
+    and, only where the line's bytes are not valid UTF-8, `raw_base64` with those bytes exactly
+    (`raw` then shows U+FFFD for each bad byte). Fields are escaped where needed, never dropped.
+    """
     n = 0
     with open(path, "w", encoding="utf-8") as out:
         for r in rejections:
-            row = {"location": r.location, "line": r.line, "field": r.field, "reason": r.reason, "raw": r.raw}
+            row = {"location": printable(r.location), "line": r.line, "field": printable(r.field),
+                   "reason": printable(r.reason), **r.raw_record()}
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
     return n

@@ -102,7 +102,7 @@ def _context(value: Any) -> tuple[Turn, ...]:
     for i, turn in enumerate(value):
         if type(turn) is not dict or turn.get("role") not in ("user", "assistant") or type(turn.get("content")) is not str:
             raise RecordError("context", f"turn {i}: expected {{'role': 'user'|'assistant', 'content': str}}")
-        turns.append((turn["role"], turn["content"]))
+        turns.append((turn["role"], f.valid_unicode(f"context[{i}].content", turn["content"])))
     return tuple(turns)
 
 
@@ -114,6 +114,12 @@ def _meta(value: Any) -> dict[str, Any] | None:
             raise RecordError("meta", "not valid JSON") from None
     if value is not None and type(value) is not dict:
         raise RecordError("meta", "expected an object or null")
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RecordError("meta", "not valid Unicode text: holds a lone surrogate") from None
+    except (TypeError, ValueError) as exc:
+        raise RecordError("meta", f"not JSON-serialisable ({exc})") from None
     return value
 
 

@@ -6,6 +6,7 @@ are read as the types they spell. JSON sources must carry the real types.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from itertools import compress
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from safealign.data.errors import RecordError
 from safealign.data.taxonomy import MAX_SEVERITY, Taxonomy
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # e.g. from a JSON "\\ud800" escape: no text can hold it
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 
@@ -35,6 +37,15 @@ def text(row: Mapping[str, Any], name: str, *, allow_empty: bool = False) -> str
         raise RecordError(name, f"expected a string, got {_kind(value)}")
     if not allow_empty and not value.strip():
         raise RecordError(name, "empty")
+    return valid_unicode(name, value)
+
+
+def valid_unicode(name: str, value: str) -> str:
+    """`value` unless it holds a lone surrogate, which no tokenizer or UTF-8 writer accepts."""
+    if not value.isascii():
+        bad = _LONE_SURROGATE.search(value)
+        if bad:
+            raise RecordError(name, f"not valid Unicode text: a lone surrogate U+{ord(bad.group()):04X} at character {bad.start()}")
     return value
 
 
@@ -45,7 +56,7 @@ def optional_text(row: Mapping[str, Any], name: str) -> str | None:
         return None
     if type(value) is not str:
         raise RecordError(name, f"expected a string or null, got {_kind(value)}")
-    return value
+    return valid_unicode(name, value)
 
 
 def boolean(row: Mapping[str, Any], name: str, textual: bool = False) -> bool:
