@@ -170,7 +170,10 @@ def test_hh_rlhf_real_files(data_dir):
     # 5 of the 2,312 real pairs answer different dialogues and are rejected
     assert (report.read, report.kept, report.rejected) == (2312, 2307, 5)
     assert {r.reason for r in report.rejections} == {"the dialogue before the final Assistant turn differs from the chosen one"}
-    docta, _ = load_file(data_dir / "hh_rlhf/docta/harmless-base_train_docta_100.jsonl.gz")
+
+
+def test_hh_rlhf_with_docta_suggestions(shared_data):
+    docta, _ = load_file(shared_data / "hh_rlhf/docta/harmless-base_train_docta_100.jsonl.gz")
     assert docta[0].meta == {"suggest_chosen_rejected": ["chosen", "rejected"], "suggest_confidence": 0.5}
     assert docta[0].prompt == "What's your favorite one?" and docta[0].chosen == "I haven't even thought about it."
 
