@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import DATA
+from conftest import DATA, free_port
 from fastapi.testclient import TestClient
 from tiny import tiny_bert
 
@@ -192,14 +191,8 @@ def test_one_request_larger_than_a_batch_is_split(moderator: Moderator) -> None:
     assert app.state.batcher.calls == 3  # 3 + 3 + 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_serves_over_http(moderator_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SAFEALIGN_API_KEY": KEY}  # the key through the environment
     proc = subprocess.Popen([sys.executable, "-m", "safealign", "serve", "moderation", "--model", str(moderator_dir),
                              "--host", "127.0.0.1", "--port", str(port), "--threads", "1", "--no-access-log"],

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DATA
+from conftest import DATA, two_process_launch
 from tiny import tiny_llama
 
 from safealign.config import build_config
@@ -167,9 +167,7 @@ def test_two_processes_match_one(tiny, tmp_path):
                          env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
     # accelerate's torchrun launcher; with no GPU the processes talk over gloo on the CPU
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "safealign"]
-    two = subprocess.run([*launch, "train", "reward", *common, "--output_dir", str(tmp_path / "two"), "--per_device_batch_size", "2"],
+    two = subprocess.run([*two_process_launch(), "train", "reward", *common, "--output_dir", str(tmp_path / "two"), "--per_device_batch_size", "2"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     a = json.loads((tmp_path / "one" / "final_metrics.json").read_text())
