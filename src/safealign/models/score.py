@@ -219,10 +219,16 @@ class ScoreModel(nn.Module):
         self.norm_count.fill_(total)
 
     def normalize(self, scores: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-        """(scores - mean) / std with the running statistics; identity before any update."""
-        mean = self.norm_mean.to(scores.dtype)
+        """(scores - mean) / std with the running statistics; identity before any update.
+
+        A cost model is scaled only, scores / std: its zero is the line between safe (c < 0)
+        and unsafe (c > 0), which `cost_limit`, sign accuracy and every "cost > 0" reading
+        rely on, so it must not move.
+        """
         std = self.norm_var.clamp_min(eps).sqrt().to(scores.dtype)
-        return (scores - mean) / std
+        if self.kind == "cost":
+            return scores / std
+        return (scores - self.norm_mean.to(scores.dtype)) / std
 
     @classmethod
     def from_base(

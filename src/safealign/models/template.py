@@ -26,7 +26,7 @@ def encode_dialogue(tokenizer: Any, dialogue: list[dict[str, str]], response: st
     end is what a score model must see.
     """
     text = render(tokenizer, [*dialogue, {"role": "assistant", "content": response}])
-    ids = tokenizer(text, add_special_tokens=not getattr(tokenizer, "chat_template", None))["input_ids"]
+    ids = tokenizer(text, add_special_tokens=adds_special_tokens(tokenizer))["input_ids"]
     if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
         ids.append(tokenizer.eos_token_id)  # a fixed final token to read the score at
     return ids[-max_length:]
@@ -37,3 +37,17 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return "\n".join(f"{PLAIN_ROLES[m['role']]}: {m['content']}" for m in messages) + f"\n{PLAIN_ROLES['assistant']}:"
+
+
+def adds_special_tokens(tokenizer: Any) -> bool:
+    """Whether the tokenizer adds its own special tokens (a bos): only without a chat template, which writes them."""
+    return not getattr(tokenizer, "chat_template", None)
+
+
+def encode_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of `render_prompt`: the prompt as generation starts from it and as SFT and DPO train on it.
+
+    One function for both, so a tokenizer without a chat template gets its bos in
+    training and in generation alike.
+    """
+    return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=adds_special_tokens(tokenizer))["input_ids"]

@@ -22,7 +22,7 @@ from safealign.data.records import DualPreferencePair
 from safealign.models.loading import enable_gradient_checkpointing, load_causal_lm
 from safealign.models.packing import PackingRule, can_pack, mask_for, pack_pairs, right_padded
 from safealign.models.score import LoraSettings, add_lora, load_score_tokenizer, plain_backbone_state
-from safealign.models.template import render, render_prompt
+from safealign.models.template import adds_special_tokens, encode_prompt, render, render_prompt
 from safealign.train.batching import pad
 
 IGNORE = -100  # label of a token that no loss reads (prompt and padding)
@@ -83,11 +83,10 @@ def encode_response(tokenizer: Any, dialogue: list[dict[str, str]], response: st
     Longer than `max_length`: the prompt loses its start first, keeping at least half the
     budget when the response is long; then the response loses its end.
     """
-    special = not getattr(tokenizer, "chat_template", None)  # templates write their own bos
     prompt = render_prompt(tokenizer, dialogue)
     full = render(tokenizer, [*dialogue, {"role": "assistant", "content": response}])
-    prompt_ids = tokenizer(prompt, add_special_tokens=special)["input_ids"]
-    full_ids = tokenizer(full, add_special_tokens=special)["input_ids"]
+    prompt_ids = encode_prompt(tokenizer, dialogue)  # as generation sees it
+    full_ids = tokenizer(full, add_special_tokens=adds_special_tokens(tokenizer))["input_ids"]
     if full_ids[: len(prompt_ids)] == prompt_ids:
         response_ids = full_ids[len(prompt_ids) :]
     else:

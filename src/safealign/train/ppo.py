@@ -17,6 +17,7 @@ clipped value loss. With LoRA the reference policy is the actor with its adapter
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import random
 from contextlib import nullcontext
@@ -57,6 +58,8 @@ Algorithm = Literal["ppo", "ppo-lag", "ppo-shaping"]
 class PPOConfig(RunConfig):
     """RL fine-tuning of a policy against a reward model, under a cost constraint for ppo-lag."""
 
+    max_steps: int | None = 100
+    """PPO steps to run: each samples `rollout_batch_size` prompts per process and updates on them."""
     actor: str = ""
     """The policy to fine-tune: an offline alias, a folder (e.g. an SFT output) or a hub id."""
     reward_model: str = ""
@@ -88,11 +91,11 @@ class PPOConfig(RunConfig):
     min_new_tokens: int = 0
     """Response tokens sampled at least (eos is suppressed before that)."""
     temperature: float = 1.0
-    """Sampling temperature."""
+    """Sampling temperature T > 0; log-probs, the PPO ratio and the KL use softmax(logits / T), the sampled distribution."""
     top_p: float = 1.0
-    """Nucleus sampling."""
+    """Nucleus sampling: must stay 1 (PPO's log-probs describe the full distribution it samples from)."""
     repetition_penalty: float = 1.0
-    """Sampling repetition penalty (1 = none)."""
+    """Sampling repetition penalty: must stay 1, for the same reason as top_p."""
     clip_range: float = 0.2
     """PPO ratio clip ε."""
     value_clip: float = 5.0
@@ -112,7 +115,9 @@ class PPOConfig(RunConfig):
     lambda_init: float = 1.0
     """Initial Lagrange multiplier λ (ppo-lag)."""
     lambda_lr: float = 0.1
-    """η of log λ ← log λ + η·(J_C − d)·λ."""
+    """η of log λ ← log λ + η·(J_C − d)·λ (sgd), or Adam's step size on log λ."""
+    lambda_optimizer: Literal["sgd", "adam"] = "sgd"
+    """How log λ descends −(J_C − d)·λ: sgd (safe-rlhf's update; steps scale with λ and the violation) or adam (steps of about lambda_lr)."""
     lambda_max: float = 5.0
     """Upper clamp of λ."""
     episode_cost_window: int = 128
@@ -129,13 +134,21 @@ class PPOConfig(RunConfig):
         super().validate()
         if not self.actor:
             raise ConfigError("actor: required (an alias, a folder or a hub id)")
-        for name in ("rollout_batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens", "episode_cost_window"):
+        for name in ("max_steps", "rollout_batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens", "episode_cost_window"):
+            if getattr(self, name) is None:
+                raise ConfigError(f"{name}: required")
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.minibatch_size > self.rollout_batch_size:
             raise ConfigError(f"minibatch_size: must not exceed rollout_batch_size ({self.rollout_batch_size})")
         if self.lambda_init <= 0 or self.lambda_max < self.lambda_init:
             raise ConfigError("lambda_init: must be above 0 and at most lambda_max")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature: must be above 0 for PPO (it samples), got {self.temperature}")
+        for name in ("top_p", "repetition_penalty"):
+            if getattr(self, name) != 1.0:
+                raise ConfigError(f"{name}: must be 1.0 for PPO, got {getattr(self, name)}: the ratio and the KL are "
+                                  "computed on softmax(logits / temperature), which a truncated or penalised sampler does not draw from")
 
 
 @dataclass
@@ -174,7 +187,7 @@ def train_ppo(
     dialogues = prompts if prompts is not None else [dialogue(r) for r in load(cfg.prompts, cfg.format, strict=not cfg.skip_invalid).records]
     models = _build(cfg, algorithm, reward_fn, cost_fn)
     out = write_run_config(cfg, algorithm)
-    total = cfg.max_steps or 100
+    total = cfg.max_steps
     critics = [c for c in (models.reward_critic, models.cost_critic) if c is not None]
     actor_opt = make_optimizer(models.actor, cfg.weight_decay, cfg.learning_rate)
     critic_opt = torch.optim.AdamW(
@@ -186,7 +199,8 @@ def train_ppo(
     models.reward_critic, models.cost_critic = critics[0], (critics[1] if len(critics) > 1 else None)
     for scheduler in schedulers:
         acc.register_for_checkpointing(scheduler)
-    lagrange = LagrangeMultiplier(cfg.lambda_init, cfg.lambda_lr, cfg.cost_limit, cfg.lambda_max, cfg.episode_cost_window, cfg.lambda_update_delay)
+    lagrange = LagrangeMultiplier(cfg.lambda_init, cfg.lambda_lr, cfg.cost_limit, cfg.lambda_max, cfg.episode_cost_window,
+                                  cfg.lambda_update_delay, cfg.lambda_optimizer)
     state = resume_state(acc, out) if cfg.resume else {}
     start = state.get("step", 0)
     if "lagrange" in state:
@@ -276,10 +290,16 @@ def _prompt_batch(dialogues: list, cfg: PPOConfig, step: int, rank: int, world: 
     out = []
     for i in range(start, start + per_step):
         epoch, pos = divmod(i, len(dialogues))
-        order = list(range(len(dialogues)))
-        random.Random(cfg.seed * 7919 + epoch).shuffle(order)
-        out.append(dialogues[order[pos]])
+        out.append(dialogues[_pass_order(cfg.seed, epoch, len(dialogues))[pos]])
     return out[rank::world]
+
+
+@functools.lru_cache(maxsize=4)
+def _pass_order(seed: int, epoch: int, n: int) -> list[int]:
+    """The prompt order of one pass, shuffled once per pass (not once per prompt drawn)."""
+    order = list(range(n))
+    random.Random(seed * 7919 + epoch).shuffle(order)
+    return order
 
 
 def _rl_step(cfg: PPOConfig, algorithm: Algorithm, m: _Models, acc: Any, actor_opt: Any, critic_opt: Any,
@@ -287,13 +307,18 @@ def _rl_step(cfg: PPOConfig, algorithm: Algorithm, m: _Models, acc: Any, actor_o
     actor = acc.unwrap_model(m.actor)
     settings = SamplingSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.repetition_penalty, cfg.min_new_tokens)
     prompt_ids, prompt_mask = encode_prompts(m.tokenizer, batch, cfg.max_prompt_length)
+    # Rollouts, old log-probs and old values without dropout (eval mode), as TRL and safe-rlhf
+    # compute them; the update then runs in training mode.
     actor.eval()
+    for critic in (m.reward_critic, m.cost_critic):
+        if critic is not None:
+            critic.eval()
     rollout = sample(actor, m.tokenizer, prompt_ids.to(acc.device), prompt_mask.to(acc.device), settings)
     mask = rollout.response_mask.float()  # size = (B, T)
     with torch.no_grad():
-        old_logp, entropy = token_log_probs(actor, rollout, with_entropy=True)
+        old_logp, entropy = token_log_probs(actor, rollout, with_entropy=True, temperature=cfg.temperature)
         with (actor.disable_adapter() if m.reference is None else nullcontext()):
-            ref_logp, _ = token_log_probs(actor if m.reference is None else m.reference, rollout)
+            ref_logp, _ = token_log_probs(actor if m.reference is None else m.reference, rollout, temperature=cfg.temperature)
         reward = m.reward(batch, rollout.responses, rollout.response_ids).to(acc.device).clamp(-cfg.score_clip, cfg.score_clip)
         cost = None if m.cost is None else m.cost(batch, rollout.responses, rollout.response_ids).to(acc.device).clamp(-cfg.score_clip, cfg.score_clip)
         kl = old_logp - ref_logp  # size = (B, T)
@@ -329,7 +354,8 @@ def _rl_step(cfg: PPOConfig, algorithm: Algorithm, m: _Models, acc: Any, actor_o
 
 def _update(cfg: PPOConfig, m: _Models, acc: Any, actor_opt: Any, critic_opt: Any, rollout: Rollout, old_logp: Tensor,
             advantages: Tensor, mask: Tensor, critics: list[tuple[Any, Tensor, Tensor]]) -> dict[str, float]:
-    sums = {"train/actor_loss": 0.0, "train/reward_critic_loss": 0.0, "train/cost_critic_loss": 0.0}
+    sums = {"train/actor_loss": 0.0, "train/reward_critic_loss": 0.0, "train/cost_critic_loss": 0.0,
+            "train/approx_kl": 0.0, "train/clip_fraction": 0.0}
     n = 0
     batch = rollout.sequences.size(0)
     m.actor.train()
@@ -338,8 +364,12 @@ def _update(cfg: PPOConfig, m: _Models, acc: Any, actor_opt: Any, critic_opt: An
         for start in range(0, batch, cfg.minibatch_size):
             idx = order[start : start + cfg.minibatch_size]
             sub = _subset(rollout, idx)
-            logp, _ = token_log_probs(m.actor, sub)
+            logp, _ = token_log_probs(m.actor, sub, temperature=cfg.temperature)
             actor_loss = ppo_policy_loss(logp, old_logp[idx], advantages[idx], mask[idx], cfg.clip_range)
+            with torch.no_grad():  # how far the update moved π from the sampler: 0 on the first minibatch
+                log_ratio = logp - old_logp[idx]
+                sums["train/approx_kl"] += masked_mean((log_ratio.exp() - 1) - log_ratio, mask[idx]).item()
+                sums["train/clip_fraction"] += masked_mean(((log_ratio.exp() - 1).abs() > cfg.clip_range).float(), mask[idx]).item()
             acc.backward(actor_loss)
             clip_gradients(acc, m.actor.parameters(), cfg.max_grad_norm)
             step_optimizer(actor_opt, acc)

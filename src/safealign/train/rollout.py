@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from safealign.models.template import encode_dialogue, render_prompt
+from safealign.models.template import encode_dialogue, encode_prompt
 
 # A scorer sees the dialogue, the decoded response and its token ids (for programmatic scores).
 Scorer = Callable[[list[list[dict[str, str]]], list[str], list[list[int]]], Tensor]
@@ -47,8 +47,11 @@ class Rollout:
 
 
 def encode_prompts(tokenizer: Any, dialogues: list[list[dict[str, str]]], max_length: int) -> tuple[Tensor, Tensor]:
-    """Left-padded prompt ids and mask, size = (B, P); long prompts keep their end."""
-    rows = [tokenizer(render_prompt(tokenizer, d), add_special_tokens=False)["input_ids"][-max_length:] for d in dialogues]
+    """Left-padded prompt ids and mask, size = (B, P); long prompts keep their end.
+
+    Each prompt is tokenised as SFT and DPO tokenise it (`encode_prompt`, bos included).
+    """
+    rows = [encode_prompt(tokenizer, d)[-max_length:] for d in dialogues]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)  # size = (B, P)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -89,12 +92,20 @@ def sample(actor: Any, tokenizer: Any, prompt_ids: Tensor, prompt_mask: Tensor, 
     return Rollout(sequences, attention_mask, response_mask, width, texts, response_ids)
 
 
-def token_log_probs(model: Any, rollout: Rollout, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
-    """log π(token) of every response token, size = (B, T); entropy of π at each, if asked."""
+def token_log_probs(model: Any, rollout: Rollout, with_entropy: bool = False,
+                    temperature: float = 1.0) -> tuple[Tensor, Tensor | None]:
+    """log π_T(token) of every response token, size = (B, T); entropy of π_T at each, if asked.
+
+    π_T = softmax(logits / T), the distribution `sample` draws from at temperature T > 0
+    (full vocabulary: PPO samples with top_p = 1, top_k = 0 and no repetition penalty), so
+    the PPO ratio and the KL refer to what was sampled. T = 0 (greedy) reads π itself.
+    """
     mask = rollout.attention_mask
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens
     logits = model(input_ids=rollout.sequences, attention_mask=mask, position_ids=positions, use_cache=False).logits
     logits = logits[:, rollout.prompt_width - 1 : -1].float()  # the logits that predicted each response token
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
     log_softmax = torch.log_softmax(logits, dim=-1)
     targets = rollout.sequences[:, rollout.prompt_width :]
     chosen = log_softmax.gather(-1, targets.unsqueeze(-1)).squeeze(-1)

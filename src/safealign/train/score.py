@@ -41,7 +41,10 @@ class ScoreTrainConfig(ModelTrainConfig):
     regularization: float = 0.001
     """μ of the μ·mean(score²) term (reward and cost losses)."""
     normalize_scores: bool = False
-    """After training, store the mean/std of training scores with the model and output normalised scores."""
+    """After training, store the mean/std of training scores with the model and output normalised scores.
+
+    Reward and attribute scores become (s − mean) / std; cost scores only c / std, so that
+    c > 0 still means unsafe."""
 
 
 def train_score_model(cfg: ScoreTrainConfig, kind: Kind) -> dict[str, float]:
