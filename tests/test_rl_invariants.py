@@ -189,3 +189,32 @@ def test_lagrange_multiplier_adam_takes_steps_of_about_the_learning_rate() -> No
     assert resumed.update([-5.0]) == adam.update([-5.0])  # Adam's moments travel with checkpoints
     with pytest.raises(ValueError, match="sgd or adam"):
         LagrangeMultiplier(optimizer="rmsprop")
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_every_ppo_model_is_built_on_the_device_in_the_dtype(tiny, tmp_path, lora: bool) -> None:
+    from safealign.models.score import LoraSettings, ScoreModel, load_score_tokenizer
+
+    for kind in ("reward", "cost"):
+        ScoreModel.from_base(tiny, kind=kind).save_pretrained(tmp_path / kind, load_score_tokenizer(tiny))
+    cfg = PPOConfig(actor=str(tiny), reward_model=str(tmp_path / "reward"), cost_model=str(tmp_path / "cost"),
+                    dtype="bfloat16", lora=LoraSettings(r=4) if lora else None)
+    device = torch.device("cpu")
+    m = ppo.build_models(cfg, "ppo-lag", None, None, device)
+    assert (m.reference is None) == lora  # with adapters the reference is the actor without them
+    models = {"actor": m.actor, "reference": m.reference, "reward critic": m.reward_critic,
+              "cost critic": m.cost_critic, "reward": m.reward.model, "cost": m.cost.model}
+    for role, model in models.items():
+        if model is None:
+            continue
+        for name, parameter in model.named_parameters():
+            adapter = "lora_" in name
+            assert parameter.dtype == (torch.float32 if adapter else torch.bfloat16), (role, name, parameter.dtype)
+            assert parameter.device == device, (role, name)
+    rows = {row.role: row for row in ppo.memory_rows(cfg, "ppo-lag")}
+    assert ("reference" in rows) == (not lora)
+    for role in ("actor", "reward critic", "cost critic", "reward", "cost"):
+        built = models[role]
+        used = sum(p.numel() * p.element_size() for p in built.parameters())  # the bytes the built model's weights take
+        # Exact but for a LoRA critic's score head (hidden + 1 weights), trainable yet in the backbone's dtype.
+        assert rows[role].weights == pytest.approx(used, rel=0.005), (role, rows[role].weights, used)

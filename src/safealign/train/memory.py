@@ -15,11 +15,12 @@ class ModelMemory:
     params: int
     trainable: int
     weight_bytes: int  # bytes per frozen weight
+    trainable_bytes: int = 4  # bytes per trainable weight: LoRA adapters are fp32 (peft), full weights as loaded
 
     @property
     def weights(self) -> float:
-        """Bytes of the weights (trainable ones in fp32 for the optimizer)."""
-        return (self.params - self.trainable) * self.weight_bytes + self.trainable * 4
+        """Bytes of the weights, frozen and trainable."""
+        return (self.params - self.trainable) * self.weight_bytes + self.trainable * self.trainable_bytes
 
     @property
     def training_state(self) -> float:

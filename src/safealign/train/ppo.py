@@ -185,7 +185,7 @@ def train_ppo(
     if acc.is_main_process:
         print(memory_estimate(cfg, algorithm), flush=True)
     dialogues = prompts if prompts is not None else [dialogue(r) for r in load(cfg.prompts, cfg.format, strict=not cfg.skip_invalid).records]
-    models = _build(cfg, algorithm, reward_fn, cost_fn)
+    models = build_models(cfg, algorithm, reward_fn, cost_fn, acc.device)
     out = write_run_config(cfg, algorithm)
     total = cfg.max_steps
     critics = [c for c in (models.reward_critic, models.cost_critic) if c is not None]
@@ -234,18 +234,27 @@ def _check_models(cfg: PPOConfig, algorithm: Algorithm, reward_fn: Scorer | None
         raise ConfigError(f"cost_model: required for {algorithm} (a folder from `safealign train cost`)")
 
 
-def _build(cfg: PPOConfig, algorithm: Algorithm, reward_fn: Scorer | None, cost_fn: Scorer | None) -> _Models:
+def build_models(cfg: PPOConfig, algorithm: Algorithm, reward_fn: Scorer | None, cost_fn: Scorer | None,
+                 device: torch.device) -> _Models:
+    """Every model of a run, in one place: on `device` and in `cfg.dtype`.
+
+    actor (LoRA when configured); reference = a frozen copy of the actor, or None when the
+    actor has adapters (the reference is then the actor with them disabled); reward and
+    cost scorers, frozen; reward critic and, for ppo-lag, cost critic (`_critic`). The
+    trainable ones are prepared by accelerate afterwards; the frozen ones stay as placed here.
+    """
     actor, tokenizer = load_policy(cfg.actor, dtype=cfg.dtype, lora=cfg.lora, gradient_checkpointing=cfg.gradient_checkpointing)
+    actor.to(device)
     reference = None if cfg.lora is not None else copy.deepcopy(actor).eval().requires_grad_(False)
-    reward = reward_fn or ModelScorer(cfg.reward_model)
-    cost = cost_fn or (ModelScorer(cfg.cost_model) if cfg.cost_model else None)
-    reward_critic = _critic(cfg, cfg.reward_model if reward_fn is None else None)
-    cost_critic = _critic(cfg, cfg.cost_model if cost_fn is None else None) if algorithm == "ppo-lag" else None
+    reward = reward_fn or ModelScorer(cfg.reward_model, dtype=cfg.dtype).to(device)
+    cost = cost_fn or (ModelScorer(cfg.cost_model, dtype=cfg.dtype).to(device) if cfg.cost_model else None)
+    reward_critic = _critic(cfg, cfg.reward_model if reward_fn is None else None).to(device)
+    cost_critic = _critic(cfg, cfg.cost_model if cost_fn is None else None).to(device) if algorithm == "ppo-lag" else None
     return _Models(actor, tokenizer, reference, reward_critic, cost_critic, reward, cost)
 
 
 def _critic(cfg: PPOConfig, score_model: str | None) -> ScoreModel:
-    kwargs = {"lora": cfg.lora, "gradient_checkpointing": cfg.gradient_checkpointing}
+    kwargs = {"lora": cfg.lora, "gradient_checkpointing": cfg.gradient_checkpointing, "dtype": cfg.dtype}
     source = critic_source(cfg, score_model)
     if source != cfg.actor:
         critic = ScoreModel.from_pretrained(source, kind="critic", **kwargs)
@@ -400,9 +409,19 @@ def _mean(acc: Any, values: Tensor) -> float:
 
 def memory_estimate(cfg: PPOConfig, algorithm: Algorithm) -> str:
     """The memory a run needs, from the model configs alone, as a printable table."""
+    length = cfg.max_prompt_length + cfg.max_new_tokens
+    activations = memory.activation_bytes(cfg.actor, cfg.minibatch_size, length, cfg.dtype, cfg.gradient_checkpointing)
+    sharding = memory.read_accelerate_config(cfg.accelerate_config) if cfg.accelerate_config else None
+    return "memory estimate (before loading):\n" + memory.format_table(memory_rows(cfg, algorithm), activations, sharding)
+
+
+def memory_rows(cfg: PPOConfig, algorithm: Algorithm) -> list[memory.ModelMemory]:
+    """One row per model that `build_models` builds, with its parameters and their bytes."""
     actor_total, actor_trainable = memory.count_parameters(cfg.actor, cfg.lora)
     weight_bytes = memory.DTYPE_BYTES[cfg.dtype]
-    rows = [memory.ModelMemory("actor", actor_total, actor_trainable, weight_bytes)]
+    # As `build_models` places them: every weight in cfg.dtype, LoRA adapters in fp32 (peft upcasts them).
+    trainable_bytes = 4 if cfg.lora is not None else weight_bytes
+    rows = [memory.ModelMemory("actor", actor_total, actor_trainable, weight_bytes, trainable_bytes)]
     if cfg.lora is None:
         rows.append(memory.ModelMemory("reference", actor_total, 0, weight_bytes))
     scorers = [("reward", cfg.reward_model)] + ([("cost", cfg.cost_model)] if cfg.cost_model else [])
@@ -413,8 +432,5 @@ def memory_estimate(cfg: PPOConfig, algorithm: Algorithm) -> str:
             rows.append(memory.ModelMemory(role, total, 0, weight_bytes))
     for role, path in critics:
         source = critic_source(cfg, path, note=False)
-        rows.append(memory.ModelMemory(role, *memory.count_parameters(source, cfg.lora, score_head=True), weight_bytes))
-    length = cfg.max_prompt_length + cfg.max_new_tokens
-    activations = memory.activation_bytes(cfg.actor, cfg.minibatch_size, length, cfg.dtype, cfg.gradient_checkpointing)
-    sharding = memory.read_accelerate_config(cfg.accelerate_config) if cfg.accelerate_config else None
-    return "memory estimate (before loading):\n" + memory.format_table(rows, activations, sharding)
+        rows.append(memory.ModelMemory(role, *memory.count_parameters(source, cfg.lora, score_head=True), weight_bytes, trainable_bytes))
+    return rows

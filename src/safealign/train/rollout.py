@@ -133,10 +133,10 @@ def shaped_rewards(score: Tensor, kl: Tensor, mask: Tensor, beta: float, sign: f
 class ModelScorer:
     """A reward or cost model folder as a scorer: re-tokenises the text with its own tokenizer."""
 
-    def __init__(self, folder: str | Path, max_length: int = 1024, batch_size: int = 16) -> None:
+    def __init__(self, folder: str | Path, max_length: int = 1024, batch_size: int = 16, dtype: str = "float32") -> None:
         from safealign.models.score import ScoreModel, load_score_tokenizer
 
-        self.model = ScoreModel.from_pretrained(folder).eval().requires_grad_(False)
+        self.model = ScoreModel.from_pretrained(folder, dtype=dtype).eval().requires_grad_(False)
         self.tokenizer = load_score_tokenizer(folder)
         self.max_length = max_length
         self.batch_size = batch_size
