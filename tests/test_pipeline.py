@@ -76,3 +76,46 @@ def test_shipped_demo_pipeline_checks():
     for stage in stages:
         if stage.kind != "report":
             config_from_mapping(kinds[stage.kind][0], {**_resolve(stage.settings, run_dir), "output_dir": str(run_dir / stage.name)})
+
+
+def _two_stages(tmp_path, policy, reward_steps: int, typo: bool = False) -> object:
+    small = {"per_device_batch_size": 4, "max_length": 64, "num_threads": 1, "save_every": 0, "eval_every": 0}
+    second = {"model": str(policy), "data": [V1], "max_steps": 1, **small}
+    if typo:
+        second["max_stepz"] = 2
+    stages = [
+        {"name": "reward", "kind": "train-reward", "with": {"model": str(policy), "data": [V1], "max_steps": reward_steps, **small}},
+        {"name": "cost", "kind": "train-cost", "with": second},
+        {"name": "report", "kind": "report"},
+    ]
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "stages": stages}))
+    return path
+
+
+def test_a_typo_in_the_last_stage_stops_the_run_before_anything_trains(tmp_path):
+    path = _two_stages(tmp_path, tiny_llama(tmp_path / "policy"), 1, typo=True)
+    proc = run_cli("run", str(path))
+    assert proc.returncode == 1
+    assert "stage cost: max_stepz: unknown field (did you mean max_steps?)" in proc.stderr, proc.stderr
+    assert not (tmp_path / "run" / "reward").exists()  # the first stage never started
+
+
+def test_a_stage_whose_settings_changed_is_rerun_with_what_depends_on_it(tmp_path):
+    from safealign.pipeline import run_pipeline
+
+    policy = tiny_llama(tmp_path / "policy")
+    lines: list[str] = []
+    run_pipeline(_two_stages(tmp_path, policy, 1), log=lines.append)
+    marker = json.loads((tmp_path / "run" / "reward" / "stage.json").read_text())
+    assert len(marker["settings_hash"]) == 64 and marker["settings"]["max_steps"] == 1
+    lines.clear()
+    run_pipeline(_two_stages(tmp_path, policy, 1), log=lines.append)
+    assert sum("done, skipped" in line for line in lines) == 3  # nothing changed: nothing runs
+    lines.clear()
+    run_pipeline(_two_stages(tmp_path, policy, 2), log=lines.append)
+    changed = [line for line in lines if "settings changed" in line]
+    assert len(changed) == 2 and "max_steps: 1 -> 2" in changed[0], lines  # the reward stage, and the report that reads it
+    assert "done, skipped" in next(line for line in lines if line.startswith("[2/3] cost"))  # cost reads nothing of reward
+    assert json.loads((tmp_path / "run" / "reward" / "stage.json").read_text())["settings"]["max_steps"] == 2
+    assert json.loads((tmp_path / "run" / "reward.stale" / "stage.json").read_text())["settings"]["max_steps"] == 1

@@ -8,15 +8,24 @@ A pipeline file names a run folder and an ordered list of stages:
       - {name: policy, kind: ppo-lag, with: {actor: smollm2, reward_model: "@reward", cost_model: "@cost", ...}}
       - {name: report, kind: report}
 
+Every stage's config is built and validated before the first stage starts, so a typo in
+the last stage stops the run before anything trains, naming the stage and the field.
+
 Each stage writes into `run_dir/<name>/` (its `output_dir` is set there) and, when it
-succeeds, a `stage.json` marker with its final metrics: a re-run skips finished stages, and
-an interrupted training stage resumes from its own checkpoints. A value `"@name"` refers
-to the model a previous stage produced (`run_dir/<name>/model`); `"@name/"` to its folder.
+succeeds, a `stage.json` marker with its final metrics and a hash of its resolved settings
+(every field of its config, defaults included, and the hashes of the stages it refers to).
+A re-run skips a finished stage whose hash is unchanged; one whose settings changed, or
+whose inputs did, is re-run, and says which fields changed (its old folder is kept as
+`<name>.stale/`). An interrupted training stage resumes from its own checkpoints. A value
+`"@name"` refers to the model a previous stage produced (`run_dir/<name>/model`); `"@name/"`
+to its folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from safealign.config import ConfigError, config_from_mapping
+from safealign.config import ConfigError, config_from_mapping, to_dict
 
 MARKER = "stage.json"
 
@@ -64,6 +73,9 @@ class Stage:
     name: str
     kind: str
     settings: dict[str, Any]
+    config: Any = None  # the validated config (None for the report)
+    resolved: dict[str, Any] | None = None  # every field of the config, as it will run
+    digest: str = ""  # hash of `resolved` and of the digests of the stages it refers to
 
 
 def load_pipeline(path: str | Path) -> tuple[Path, list[Stage]]:
@@ -88,7 +100,38 @@ def load_pipeline(path: str | Path) -> tuple[Path, list[Stage]]:
     names = [s.name for s in stages]
     for stage in stages:
         _check_references(stage, names[: names.index(stage.name)], path)
+    _build_configs(stages, run_dir, path)
     return run_dir, stages
+
+
+def _build_configs(stages: list[Stage], run_dir: Path, path: str | Path) -> None:
+    """Build and validate every stage's config now, and hash what each will run with."""
+    kinds = _kinds()
+    digests: dict[str, str] = {}
+    for stage in stages:
+        if stage.kind == "report":
+            resolved: dict[str, Any] = {"stages": [[s.name, s.kind] for s in stages]}
+        else:
+            config_cls, _ = kinds[stage.kind]
+            settings = {**_resolve(stage.settings, run_dir), "output_dir": str(run_dir / stage.name)}
+            stage.config = config_from_mapping(config_cls, settings, f"{path}: stage {stage.name}")
+            resolved = to_dict(stage.config)
+        reads = list(digests) if stage.kind == "report" else sorted(_references(stage))  # the report reads every stage
+        inputs = {ref: digests[ref] for ref in reads}
+        stage.resolved = resolved
+        payload = json.dumps({"kind": stage.kind, "settings": resolved, "inputs": inputs}, sort_keys=True, default=str)
+        stage.digest = digests[stage.name] = hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _references(stage: Stage) -> set[str]:
+    """The earlier stages this one reads (`@name`)."""
+    return {value[1:].rstrip("/") for value in _strings(stage.settings) if value.startswith("@")}
+
+
+def changed_fields(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """`field: old -> new` for every field that differs between two resolved settings."""
+    keys = sorted(set(before) | set(after))
+    return [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in keys if before.get(k) != after.get(k)]
 
 
 def _check_references(stage: Stage, earlier: list[str], path: str | Path) -> None:
@@ -121,27 +164,48 @@ def _resolve(value: Any, run_dir: Path) -> Any:
 
 def run_pipeline(path: str | Path, log: Callable[[str], None] = print) -> Path:
     """Run every unfinished stage in order; returns the run folder."""
-    run_dir, stages = load_pipeline(path)
+    run_dir, stages = load_pipeline(path)  # every stage's config checked before anything runs
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "pipeline.yaml").write_text(Path(path).read_text(encoding="utf-8"))
     kinds = _kinds()
     for index, stage in enumerate(stages, 1):
         out = run_dir / stage.name
-        if (out / MARKER).is_file():
-            log(f"[{index}/{len(stages)}] {stage.name} ({stage.kind}): done, skipped")
+        head = f"[{index}/{len(stages)}] {stage.name}"
+        if (out / MARKER).is_file() and _still_valid(stage, out, head, log):
             continue
-        log(f"[{index}/{len(stages)}] {stage.name} ({stage.kind}) ...")
+        log(f"{head} ({stage.kind}) ...")
         started = time.perf_counter()
         if stage.kind == "report":
             from safealign.report import write_report
 
             metrics: dict[str, Any] = {"report": str(write_report(run_dir, [(s.name, s.kind) for s in stages]))}
         else:
-            config_cls, run = kinds[stage.kind]
-            settings = {**_resolve(stage.settings, run_dir), "output_dir": str(out)}
-            metrics = run(config_from_mapping(config_cls, settings, f"stage {stage.name}")) or {}
+            metrics = kinds[stage.kind][1](stage.config) or {}
         out.mkdir(parents=True, exist_ok=True)
         seconds = time.perf_counter() - started
-        (out / MARKER).write_text(json.dumps({"kind": stage.kind, "seconds": seconds, "metrics": metrics}, indent=2, default=str))
-        log(f"[{index}/{len(stages)}] {stage.name}: finished in {seconds:.0f} s")
+        marker = {"kind": stage.kind, "seconds": seconds, "metrics": metrics, "settings_hash": stage.digest,
+                  "settings": stage.resolved}
+        (out / MARKER).write_text(json.dumps(marker, indent=2, default=str))
+        log(f"{head}: finished in {seconds:.0f} s")
     return run_dir
+
+
+def _still_valid(stage: Stage, out: Path, head: str, log: Callable[[str], None]) -> bool:
+    """Whether a finished stage may be skipped; if not, its folder is moved to `<name>.stale`."""
+    marker = json.loads((out / MARKER).read_text(encoding="utf-8"))
+    recorded = marker.get("settings_hash")
+    if recorded is None:
+        log(f"{head} ({stage.kind}): done, skipped (its marker predates settings hashes: settings not compared)")
+        return True
+    if recorded == stage.digest:
+        log(f"{head} ({stage.kind}): done, skipped")
+        return True
+    changes = changed_fields(json.loads(json.dumps(marker.get("settings") or {}, default=str)),
+                             json.loads(json.dumps(stage.resolved, default=str)))
+    why = "; ".join(changes) if changes else "an earlier stage it reads was re-run or changed"
+    stale = out.with_name(out.name + ".stale")
+    if stale.exists():
+        shutil.rmtree(stale)
+    out.rename(stale)
+    log(f"{head} ({stage.kind}): settings changed ({why}); re-running (the old results are in {stale})")
+    return False
