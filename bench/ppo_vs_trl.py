@@ -213,7 +213,7 @@ def prompts(tokenizer: Any, width: int) -> tuple[list[list[dict[str, str]]], lis
     """Dialogues whose prompt has at least `width` tokens, and their last `width` prompt ids."""
     from safealign.data.load import load
     from safealign.data.records import dialogue
-    from safealign.train.rollout import encode_prompts
+    from safealign.inference.sampling import encode_prompts
 
     dialogues = [dialogue(r) for r in load([str(sample_path(f)) for f in PROMPT_FILES]).records]
     ids, mask = encode_prompts(tokenizer, dialogues, width)

@@ -6,7 +6,8 @@ import random
 
 import torch
 
-from safealign.train.batching import epoch_batches, micro_batches, pad, shard
+from safealign.inference.batching import pad
+from safealign.train.batching import epoch_batches, micro_batches, shard
 
 
 def test_epoch_batches_are_seeded_complete_and_grouped():

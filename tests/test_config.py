@@ -59,3 +59,27 @@ def test_shipped_configs_parse(data_dir):
         cls = PPOConfig if path.name.startswith("ppo") else ModerationConfig if path.name.startswith("moderation") else ScoreTrainConfig
         cfg = build_config(cls, path)
         assert cfg.output_dir.startswith("runs/"), path
+
+
+def test_every_command_that_samples_has_the_one_set_of_sampling_defaults():
+    import inspect
+    from dataclasses import fields
+
+    from safealign.cli.evaluate import arena, length
+    from safealign.cli.generate import generate
+    from safealign.cli.guard import guard
+    from safealign.cli.safety import safety
+    from safealign.evaluate.safety_config import SafetyEvalConfig
+    from safealign.inference.settings import SamplingSettings
+    from safealign.train.ppo import PPOConfig
+
+    defaults = SamplingSettings()
+    for command in (generate, guard, safety, arena, length):
+        parameters = inspect.signature(command).parameters
+        shown = {name: parameters[name].default for name in ("max_new_tokens", "temperature", "top_p", "repetition_penalty", "seed")
+                 if name in parameters}
+        assert shown and shown == {name: getattr(defaults, name) for name in shown}, command.__name__
+    assert SafetyEvalConfig().sampling() == defaults
+    ppo = PPOConfig().sampling()
+    assert {f.name: getattr(ppo, f.name) for f in fields(SamplingSettings) if f.name != "seed"} == \
+        {f.name: getattr(defaults, f.name) for f in fields(SamplingSettings) if f.name != "seed"}

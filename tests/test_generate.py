@@ -8,8 +8,8 @@ from conftest import DATA, run_cli
 from tiny import tiny_llama
 
 from safealign.data.load import load
-from safealign.generate import generate_answers, load_generator
-from safealign.train.rollout import SamplingSettings
+from safealign.inference.generate import generate_answers, load_generator
+from safealign.inference.sampling import SamplingSettings
 
 
 def test_generate_cli_writes_one_answer_per_prompt(tmp_path):

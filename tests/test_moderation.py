@@ -130,7 +130,7 @@ def test_bfloat16_weights_keep_the_verdicts_close(moderator_dir):
 
 
 def test_guard_rounds_and_refusal(tmp_path):
-    from safealign.generate import load_generator
+    from safealign.inference.generate import load_generator
 
     policy, tokenizer = load_generator(str(tiny_llama(tmp_path / "policy")))
     prompts = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "there"}]]

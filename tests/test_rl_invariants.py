@@ -24,7 +24,7 @@ from safealign.train import ppo
 from safealign.train.lagrange import LagrangeMultiplier
 from safealign.train.policy import IGNORE, collate_sequences, encode_response, load_policy, sequence_logprobs
 from safealign.train.ppo import PPOConfig, train_ppo
-from safealign.train.rollout import SamplingSettings, encode_prompts, sample, token_log_probs
+from safealign.inference.sampling import SamplingSettings, encode_prompts, sample, token_log_probs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DIALOGUES = [[{"role": "user", "content": text}] for text in ("How do I bake bread?", "Tell me a joke", "Why is the sky blue?")]

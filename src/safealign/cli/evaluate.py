@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from safealign.cli.common import console, user_errors
+from safealign.inference.settings import DEFAULT_SAMPLING
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -155,10 +156,10 @@ def arena(
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of the prompts for the rating intervals (0: none).")] = 1000,
     tie_eps: Annotated[float, typer.Option(help="Rewards closer than this are a tie.")] = 1e-3,
     prior: Annotated[float, typer.Option(help="Virtual wins each way per pair of policies in the BT fit (0: plain MLE).")] = 0.5,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer at most.")] = 128,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.0,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Sampling and bootstrap seed.")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer at most.")] = DEFAULT_SAMPLING.max_new_tokens,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = DEFAULT_SAMPLING.temperature,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = DEFAULT_SAMPLING.top_p,
+    seed: Annotated[int, typer.Option(help="Sampling and bootstrap seed.")] = DEFAULT_SAMPLING.seed,
     batch_size: Annotated[int, typer.Option(help="Prompts per generate call and sequences per scoring pass.")] = 8,
     max_length: Annotated[int, typer.Option(help="Tokens per scored sequence.")] = 512,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
@@ -169,10 +170,10 @@ def arena(
     from safealign.data.errors import DataError
     from safealign.data.load import load
     from safealign.evaluate.arena import answer_prompts, arena_report, load_scorer, score_answers, write_arena_figure
-    from safealign.train.rollout import SamplingSettings
+    from safealign.inference.sampling import SamplingSettings
 
     _quiet_transformers(threads)
-    settings = SamplingSettings(max_new_tokens, temperature, top_p)
+    settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     with user_errors():
         policies = _parse_policies(policy or [], red, blue)
         records = load(prompts, format).records[:limit]
@@ -224,10 +225,10 @@ def length(
     unit: Annotated[str, typer.Option(help="Length unit: tokens (of the reward model's tokenizer) or words.")] = "tokens",
     bucket_width: Annotated[int, typer.Option(help="Length bucket width for the non-length reward gain.")] = 20,
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and length.png.")] = Path("runs/eval-length"),
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer at most.")] = 128,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.0,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer at most.")] = DEFAULT_SAMPLING.max_new_tokens,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = DEFAULT_SAMPLING.temperature,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = DEFAULT_SAMPLING.top_p,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = DEFAULT_SAMPLING.seed,
     batch_size: Annotated[int, typer.Option(help="Prompts per generate call and sequences per scoring pass.")] = 8,
     max_length: Annotated[int, typer.Option(help="Tokens per scored sequence.")] = 512,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip bad records instead of stopping.")] = False,
@@ -240,7 +241,7 @@ def length(
     from safealign.data.load import load
     from safealign.evaluate.arena import answer_prompts, load_scorer, score_answers
     from safealign.evaluate.length import UNITS, policy_bias, preference_bias, response_length, write_length_figure
-    from safealign.train.rollout import SamplingSettings
+    from safealign.inference.sampling import SamplingSettings
 
     _quiet_transformers(threads)
     with user_errors():
@@ -257,7 +258,7 @@ def length(
             records = load(prompts, format).records[:limit]
             if not records:
                 raise DataError("no prompts to answer")
-            settings = SamplingSettings(max_new_tokens, temperature, top_p)
+            settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
             texts = [answer_prompts(p, records, settings, batch_size, seed) for p in (before, after)]
             scores = score_answers(model, tokenizer, records, texts, max_length, batch_size)
             answers = {f"length_{side}": [response_length(tokenizer, t, unit) for t in texts[k]] for k, side in enumerate(("before", "after"))}

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from safealign.cli.common import console, user_errors
+from safealign.inference.settings import DEFAULT_SAMPLING
 
 
 def generate(
@@ -17,21 +18,21 @@ def generate(
     prompts: Annotated[list[str], typer.Option("--prompts", help="Records with prompts: PATH_OR_NAME[@REV][#SPLIT][:PROPORTION]; repeat for more.")],
     out: Annotated[Path, typer.Option("--out", help="JSON Lines of {prompt, category, response, origin}.")] = Path("runs/generate/answers.jsonl"),
     format: Annotated[Optional[str], typer.Option("--format", "-f", help="Source format (detected when not given).")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer at most.")] = 128,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.7,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 0.95,
-    repetition_penalty: Annotated[float, typer.Option(help="1 = none.")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer at most.")] = DEFAULT_SAMPLING.max_new_tokens,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = DEFAULT_SAMPLING.temperature,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = DEFAULT_SAMPLING.top_p,
+    repetition_penalty: Annotated[float, typer.Option(help="1 = none.")] = DEFAULT_SAMPLING.repetition_penalty,
     batch_size: Annotated[int, typer.Option(help="Prompts per generate call.")] = 8,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N prompts.")] = None,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = DEFAULT_SAMPLING.seed,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
 ) -> None:
     """Sample answers from a policy for every prompt and write them as JSON Lines."""
     from transformers.utils import logging as hf_logging
 
     from safealign.data.load import load
-    from safealign.generate import generate_answers, load_generator
-    from safealign.train.rollout import SamplingSettings
+    from safealign.inference.generate import generate_answers, load_generator
+    from safealign.inference.sampling import SamplingSettings
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -45,7 +46,7 @@ def generate(
     from accelerate.utils import set_seed
 
     set_seed(seed)
-    settings = SamplingSettings(max_new_tokens, temperature, top_p, repetition_penalty)
+    settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty)
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     n = 0

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from safealign.cli.common import console, user_errors
+from safealign.inference.settings import DEFAULT_SAMPLING
 
 
 def guard(
@@ -18,11 +19,11 @@ def guard(
     out: Annotated[Path, typer.Option("--out", help="JSON Lines: final answer and every round's verdict.")] = Path("runs/guard/answers.jsonl"),
     rounds: Annotated[int, typer.Option(help="Generations per prompt at most before the refusal.")] = 3,
     refusal: Annotated[str, typer.Option(help="The answer when every round was flagged.")] = "I'm sorry, but I can't help with that.",
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer at most.")] = 128,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature (resampling needs > 0).")] = 0.7,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer at most.")] = DEFAULT_SAMPLING.max_new_tokens,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy (resampling needs > 0).")] = DEFAULT_SAMPLING.temperature,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N prompts.")] = None,
     format: Annotated[Optional[str], typer.Option("--format", "-f", help="Source format (detected when not given).")] = None,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = DEFAULT_SAMPLING.seed,
 ) -> None:
     """Generate, moderate and regenerate flagged answers; report flagged before and after."""
     from accelerate.utils import set_seed
@@ -30,10 +31,10 @@ def guard(
 
     from safealign.data.load import load
     from safealign.data.records import dialogue
-    from safealign.generate import load_generator
+    from safealign.inference.generate import load_generator
     from safealign.moderation.guard import Guard
     from safealign.moderation.model import Moderator
-    from safealign.train.rollout import SamplingSettings
+    from safealign.inference.sampling import SamplingSettings
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -42,7 +43,7 @@ def guard(
         judge = Moderator.load(moderator)
         model, tokenizer = load_generator(policy)
     set_seed(seed)
-    guarded = Guard(model, tokenizer, judge, rounds, refusal, SamplingSettings(max_new_tokens, temperature, 0.95))(
+    guarded = Guard(model, tokenizer, judge, rounds, refusal, SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature))(
         [dialogue(r) for r in records])
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from safealign.cli.common import console, user_errors
+from safealign.inference.settings import DEFAULT_SAMPLING
 
 
 def safety(
@@ -20,10 +21,10 @@ def safety(
     out: Annotated[Path, typer.Option("--out", help="Folder for answers.jsonl, metrics.json and the per-category plot.")] = Path("runs/eval-safety"),
     limit: Annotated[Optional[int], typer.Option(help="Only the first N prompts (after --per-category).")] = None,
     per_category: Annotated[Optional[int], typer.Option(help="Take the first N prompts of every category (a balanced subset).")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer at most.")] = 128,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.0,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer at most.")] = DEFAULT_SAMPLING.max_new_tokens,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = DEFAULT_SAMPLING.temperature,
     batch_size: Annotated[int, typer.Option(help="Prompts per generate call.")] = 8,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = DEFAULT_SAMPLING.seed,
 ) -> None:
     """Sample answers, judge them, and report the unsafe-answer rate overall and per category."""
     from transformers.utils import logging as hf_logging
@@ -32,8 +33,9 @@ def safety(
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    cfg = SafetyEvalConfig(policy, str(moderator), prompts, str(reward) if reward else None, str(cost) if cost else None,
-                           str(out), per_category, limit, max_new_tokens, temperature, batch_size, seed)
+    cfg = SafetyEvalConfig(policy=policy, moderator=str(moderator), prompts=prompts, reward=str(reward) if reward else None,
+                           cost=str(cost) if cost else None, output_dir=str(out), per_category=per_category, limit=limit,
+                           max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size, seed=seed)
     with user_errors():
         cfg.validate()
         metrics = run_safety_eval(cfg)

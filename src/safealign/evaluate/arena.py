@@ -169,7 +169,7 @@ def answer_prompts(policy: str, records: list[Record], settings: Any, batch_size
     """One answer per record from `policy`, seeded afresh so no policy depends on the order they run in."""
     from accelerate.utils import set_seed
 
-    from safealign.generate import generate_answers, load_generator
+    from safealign.inference.generate import generate_answers, load_generator
 
     model, tokenizer = load_generator(policy)
     set_seed(seed)
@@ -195,7 +195,7 @@ def score_answers(model: Any, tokenizer: Any, records: list[Record], answers: li
     Each distinct (prompt, answer) is scored once, so identical answers get identical scores
     (an exact tie) whatever padding their batch had.
     """
-    from safealign.evaluate.preference import score_texts
+    from safealign.inference.scoring import score_texts
     from safealign.models.template import encode_dialogue
 
     slots: dict[tuple[int, str], int] = {}

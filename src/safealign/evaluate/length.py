@@ -132,7 +132,7 @@ def preference_bias(model: Any, tokenizer: Any, records: list[Record], unit: str
 
     Returns (metrics, points) with points = {"length", "reward", "preferred"} per response.
     """
-    from safealign.evaluate.preference import score_texts
+    from safealign.inference.scoring import score_texts
     from safealign.models.template import encode_dialogue
 
     pairs = [r for r in records if isinstance(r, (DualPreferencePair, PreferencePair))]

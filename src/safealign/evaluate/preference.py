@@ -14,7 +14,7 @@ from safealign.data.errors import DataError
 from safealign.data.load import load
 from safealign.data.records import DualPreferencePair, PreferencePair, Record, dialogue
 from safealign.models.template import encode_dialogue
-from safealign.train.batching import pad
+from safealign.inference.scoring import score_texts
 
 
 @dataclass
@@ -35,22 +35,6 @@ class PreferenceReport:
         out["mean_score_safe"] = _mean(self.scores_safe)
         out["mean_score_unsafe"] = _mean(self.scores_unsafe)
         return out
-
-
-@torch.no_grad()
-def score_texts(model: Any, sequences: list[list[int]], pad_id: int, batch_size: int = 16) -> list[float]:
-    """First score of every token sequence, batched by length for little padding."""
-    model.eval()
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    scores = [0.0] * len(sequences)
-    device = next(model.parameters()).device
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        ids, mask = pad([sequences[i] for i in chunk], pad_id)
-        values = model.score(ids.to(device), mask.to(device))[:, 0].float().tolist()
-        for i, value in zip(chunk, values):
-            scores[i] = value
-    return scores
 
 
 def evaluate_preference(model: Any, tokenizer: Any, records: list[Record], max_length: int = 512, batch_size: int = 16) -> PreferenceReport:

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from safealign.data.records import Record, dialogue
-from safealign.generate import generate_answers
+from safealign.inference.generate import generate_answers
 from safealign.moderation.model import Moderator
-from safealign.train.rollout import ModelScorer, SamplingSettings
+from safealign.inference.sampling import SamplingSettings
+from safealign.inference.scoring import ModelScorer
 
 
 def evaluate_safety(

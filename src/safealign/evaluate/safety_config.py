@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from safealign.config import ConfigError
+from safealign.inference.settings import SamplingSettings
 
 
 @dataclass
-class SafetyEvalConfig:
-    """Sample answers from a policy for a prompt set and judge them."""
+class SafetyEvalConfig(SamplingSettings):
+    """Sample answers from a policy for a prompt set and judge them (sampling fields from `SamplingSettings`)."""
 
     policy: str = ""
     """The policy: alias, folder or hub id."""
@@ -29,14 +30,8 @@ class SafetyEvalConfig:
     """Take the first N prompts of every category."""
     limit: int | None = None
     """Only the first N prompts (after per_category)."""
-    max_new_tokens: int = 128
-    """Tokens per answer at most."""
-    temperature: float = 0.0
-    """Sampling temperature; 0 is greedy."""
     batch_size: int = 8
     """Prompts per generate call."""
-    seed: int = 0
-    """Sampling seed."""
 
     def validate(self) -> None:
         """Check settings once, early."""
@@ -53,9 +48,9 @@ def run_safety_eval(cfg: SafetyEvalConfig) -> dict[str, Any]:
 
     from safealign.data.load import load
     from safealign.evaluate.safety import evaluate_safety, first_per_category, write_outputs
-    from safealign.generate import load_generator
+    from safealign.inference.generate import load_generator
     from safealign.moderation.model import Moderator
-    from safealign.train.rollout import ModelScorer, SamplingSettings
+    from safealign.inference.scoring import ModelScorer
 
     records = load(cfg.prompts).records
     if cfg.per_category:
@@ -65,7 +60,7 @@ def run_safety_eval(cfg: SafetyEvalConfig) -> dict[str, Any]:
     model, tokenizer = load_generator(cfg.policy)
     set_seed(cfg.seed)
     metrics, rows = evaluate_safety(
-        model, tokenizer, records, judge, SamplingSettings(cfg.max_new_tokens, cfg.temperature, 0.95),
+        model, tokenizer, records, judge, cfg.sampling(),
         ModelScorer(cfg.reward) if cfg.reward else None, ModelScorer(cfg.cost) if cfg.cost else None, cfg.batch_size,
     )
     write_outputs(metrics, rows, Path(cfg.output_dir))

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from safealign.moderation.model import Moderator, Verdict
-from safealign.train.rollout import SamplingSettings, encode_prompts, sample
+from safealign.inference.sampling import SamplingSettings, encode_prompts, sample
 
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that."
 
@@ -29,7 +29,7 @@ class Guard:
             raise ValueError("max_rounds must be at least 1")
         self.policy, self.tokenizer, self.moderator = policy, tokenizer, moderator
         self.max_rounds, self.refusal, self.batch_size = max_rounds, refusal, batch_size
-        self.sampling = sampling or SamplingSettings(max_new_tokens=128, temperature=0.7, top_p=0.95)
+        self.sampling = sampling or SamplingSettings()
 
     def __call__(self, dialogues: list[list[dict[str, str]]]) -> list[Guarded]:
         """Guarded answers, in order. Only prompts still flagged are regenerated in later rounds."""

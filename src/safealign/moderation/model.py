@@ -119,7 +119,7 @@ class Moderator:
             weight = next(self.heads.parameters())
             return self.heads(features.to(weight.device, weight.dtype)).float()
         from safealign.models.template import encode_dialogue
-        from safealign.train.batching import pad
+        from safealign.inference.batching import pad
 
         self.heads.eval()
         device = next(self.heads.parameters()).device

@@ -27,7 +27,7 @@ from safealign.moderation.model import (
     output_size,
     split_logits,
 )
-from safealign.train.batching import pad
+from safealign.inference.batching import pad
 from safealign.train.config import ModelTrainConfig, load_records, write_run_config
 from safealign.train.loop import Task, train
 

@@ -1,13 +1,13 @@
-"""Batches: a seeded, length-grouped order of global batches, sharded over processes."""
+"""Batches: a seeded, length-grouped order of global batches, sharded over processes.
+
+Padding a batch of token lists (`pad`) is shared by every consumer: `safealign.inference.batching`.
+"""
 
 from __future__ import annotations
 
 import random
-from array import array
 from collections.abc import Sequence
 
-import torch
-from torch import Tensor
 
 
 def epoch_batches(lengths: Sequence[int], global_batch: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
@@ -38,20 +38,3 @@ def shard(batch: list[int], rank: int, world: int) -> list[int]:
 def micro_batches(indices: list[int], per_device: int) -> list[list[int]]:
     """Split one process's share into micro-batches of `per_device` examples."""
     return [indices[s : s + per_device] for s in range(0, len(indices), per_device)]
-
-
-def pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """Right-pad token lists to the longest one: (input_ids, attention_mask), size = (N, L)."""
-    longest = max(len(s) for s in sequences)
-    if longest == 0:
-        empty = torch.zeros((len(sequences), 0), dtype=torch.long)
-        return empty, empty.clone()
-    # One flat int64 buffer, then one tensor: half the time of a tensor per row (it runs every step).
-    flat = array("q")
-    for seq in sequences:
-        flat.extend(seq)
-        flat.extend([pad_id] * (longest - len(seq)))
-    ids = torch.frombuffer(flat, dtype=torch.long).view(len(sequences), longest).clone()  # size = (N, L)
-    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)  # size = (N,)
-    mask = (torch.arange(longest) < lengths.unsqueeze(1)).long()  # size = (N, L)
-    return ids, mask

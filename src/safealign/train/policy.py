@@ -23,7 +23,7 @@ from safealign.models.loading import enable_gradient_checkpointing, load_causal_
 from safealign.models.packing import PackingRule, can_pack, mask_for, pack_pairs, right_padded
 from safealign.models.score import LoraSettings, add_lora, load_score_tokenizer, plain_backbone_state
 from safealign.models.template import adds_special_tokens, encode_prompt, render, render_prompt
-from safealign.train.batching import pad
+from safealign.inference.batching import pad
 
 IGNORE = -100  # label of a token that no loss reads (prompt and padding)
 

@@ -49,14 +49,20 @@ from safealign.train.loop import (
 )
 from safealign.train.metrics import MetricsLogger
 from safealign.train.policy import load_policy, save_policy
-from safealign.train.rollout import ModelScorer, Rollout, SamplingSettings, Scorer, critic_values, encode_prompts, sample, shaped_rewards, token_log_probs
+from safealign.inference.sampling import Rollout, SamplingSettings, encode_prompts, sample, token_log_probs
+from safealign.inference.scoring import ModelScorer
+from safealign.train.rollout import Scorer, critic_values, shaped_rewards
 
 Algorithm = Literal["ppo", "ppo-lag", "ppo-shaping"]
 
 
 @dataclass
-class PPOConfig(RunConfig):
-    """RL fine-tuning of a policy against a reward model, under a cost constraint for ppo-lag."""
+class PPOConfig(RunConfig, SamplingSettings):
+    """RL fine-tuning of a policy against a reward model, under a cost constraint for ppo-lag.
+
+    Sampling fields (`max_new_tokens`, `temperature`, ...) come from `SamplingSettings`, with
+    its defaults; PPO needs temperature > 0, top_p 1, top_k 0 and no repetition penalty.
+    """
 
     max_steps: int | None = 100
     """PPO steps to run: each samples `rollout_batch_size` prompts per process and updates on them."""
@@ -86,16 +92,6 @@ class PPOConfig(RunConfig):
     """Passes over each rollout batch."""
     max_prompt_length: int = 256
     """Prompt tokens kept (the end of long prompts)."""
-    max_new_tokens: int = 64
-    """Response tokens sampled at most."""
-    min_new_tokens: int = 0
-    """Response tokens sampled at least (eos is suppressed before that)."""
-    temperature: float = 1.0
-    """Sampling temperature T > 0; log-probs, the PPO ratio and the KL use softmax(logits / T), the sampled distribution."""
-    top_p: float = 1.0
-    """Nucleus sampling: must stay 1 (PPO's log-probs describe the full distribution it samples from)."""
-    repetition_penalty: float = 1.0
-    """Sampling repetition penalty: must stay 1, for the same reason as top_p."""
     clip_range: float = 0.2
     """PPO ratio clip ε."""
     value_clip: float = 5.0
@@ -145,6 +141,8 @@ class PPOConfig(RunConfig):
             raise ConfigError("lambda_init: must be above 0 and at most lambda_max")
         if self.temperature <= 0:
             raise ConfigError(f"temperature: must be above 0 for PPO (it samples), got {self.temperature}")
+        if self.top_k != 0:
+            raise ConfigError(f"top_k: must be 0 for PPO, got {self.top_k}: the ratio and the KL are computed on the full distribution")
         for name in ("top_p", "repetition_penalty"):
             if getattr(self, name) != 1.0:
                 raise ConfigError(f"{name}: must be 1.0 for PPO, got {getattr(self, name)}: the ratio and the KL are "
@@ -314,7 +312,7 @@ def _pass_order(seed: int, epoch: int, n: int) -> list[int]:
 def _rl_step(cfg: PPOConfig, algorithm: Algorithm, m: _Models, acc: Any, actor_opt: Any, critic_opt: Any,
              lagrange: LagrangeMultiplier, batch: list) -> dict[str, float]:
     actor = acc.unwrap_model(m.actor)
-    settings = SamplingSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.repetition_penalty, cfg.min_new_tokens)
+    settings = cfg.sampling()
     prompt_ids, prompt_mask = encode_prompts(m.tokenizer, batch, cfg.max_prompt_length)
     # Rollouts, old log-probs and old values without dropout (eval mode), as TRL and safe-rlhf
     # compute them; the update then runs in training mode.

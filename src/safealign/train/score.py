@@ -26,7 +26,7 @@ from safealign.losses import bradley_terry_loss, cost_loss, masked_regression_lo
 from safealign.models.packing import PackingRule, last_token_places, pack_pairs, packed_length, should_pack
 from safealign.models.score import ScoreModel, load_score_tokenizer
 from safealign.models.template import encode_dialogue
-from safealign.train.batching import pad
+from safealign.inference.batching import pad
 from safealign.train.config import ModelTrainConfig, load_records, write_run_config
 from safealign.train.loop import Task, train
 

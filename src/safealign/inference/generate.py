@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from safealign.data.records import Record, dialogue
-from safealign.train.rollout import SamplingSettings, encode_prompts, sample
+from safealign.inference.sampling import SamplingSettings, encode_prompts, sample
 
 
 def generate_answers(

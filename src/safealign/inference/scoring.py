@@ -1,0 +1,50 @@
+"""Scoring text with a reward or cost model (a `ScoreModel` folder), batched by length."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from safealign.inference.batching import pad
+from safealign.models.template import encode_dialogue
+
+
+@torch.no_grad()
+def score_texts(model: Any, sequences: list[list[int]], pad_id: int, batch_size: int = 16) -> list[float]:
+    """First score of every token sequence, batched by length for little padding."""
+    model.eval()
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    scores = [0.0] * len(sequences)
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        ids, mask = pad([sequences[i] for i in chunk], pad_id)
+        values = model.score(ids.to(device), mask.to(device))[:, 0].float().tolist()
+        for i, value in zip(chunk, values):
+            scores[i] = value
+    return scores
+
+
+class ModelScorer:
+    """A reward or cost model folder as a scorer: re-tokenises the text with its own tokenizer."""
+
+    def __init__(self, folder: str | Path, max_length: int = 1024, batch_size: int = 16, dtype: str = "float32") -> None:
+        from safealign.models.score import ScoreModel, load_score_tokenizer
+
+        self.model = ScoreModel.from_pretrained(folder, dtype=dtype).eval().requires_grad_(False)
+        self.tokenizer = load_score_tokenizer(folder)
+        self.max_length = max_length
+        self.batch_size = batch_size
+
+    def to(self, device: torch.device) -> ModelScorer:
+        """Move the model."""
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, dialogues: list[list[dict[str, str]]], responses: list[str], response_ids: list[list[int]]) -> Tensor:
+        sequences = [encode_dialogue(self.tokenizer, d, r, self.max_length) for d, r in zip(dialogues, responses)]
+        return torch.tensor(score_texts(self.model, sequences, self.tokenizer.pad_token_id, self.batch_size))

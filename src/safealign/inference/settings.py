@@ -1,0 +1,39 @@
+"""`SamplingSettings`: how answers are sampled, with one set of defaults (no torch import here, so the CLI starts fast)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class SamplingSettings:
+    """How answers are sampled: one set of defaults for every command that samples.
+
+    generate, eval safety, eval arena, eval length, the guard and PPO all read these fields
+    and these defaults: the model's own distribution (temperature 1, no truncation), seeded.
+    Configs that sample extend this class (`SafetyEvalConfig`, `PPOConfig`), so the same
+    names work in YAML files and as `--field value` flags.
+    """
+
+    max_new_tokens: int = 128
+    """Tokens per answer at most."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 is greedy. PPO needs it above 0."""
+    top_p: float = 1.0
+    """Nucleus sampling; 1 is off. PPO needs 1."""
+    top_k: int = 0
+    """Top-k sampling; 0 is off (generate's own default of 50 would truncate the distribution). PPO needs 0."""
+    repetition_penalty: float = 1.0
+    """1 is none. PPO needs 1."""
+    min_new_tokens: int = 0
+    """Tokens per answer at least (eos is suppressed before that)."""
+    seed: int = 0
+    """Seed set once before sampling."""
+
+    def sampling(self) -> SamplingSettings:
+        """These settings alone, from a config class that extends them."""
+        return SamplingSettings(**{f.name: getattr(self, f.name) for f in fields(SamplingSettings)})
+
+
+DEFAULT_SAMPLING = SamplingSettings()
+"""The defaults, for CLI options that mirror the fields."""
