@@ -69,7 +69,7 @@ def test_every_command_that_samples_has_the_one_set_of_sampling_defaults():
     from safealign.cli.generate import generate
     from safealign.cli.guard import guard
     from safealign.cli.safety import safety
-    from safealign.evaluate.safety_config import SafetyEvalConfig
+    from safealign.evaluate.safety import SafetyEvalConfig
     from safealign.inference.settings import SamplingSettings
     from safealign.train.ppo import PPOConfig
 

@@ -31,3 +31,28 @@ def test_batched_greedy_answers_do_not_depend_on_padding(tmp_path):
     together = [a for _, a in generate_answers(policy, tokenizer, records, greedy, batch_size=3)]
     alone = [a for r in records for _, a in generate_answers(policy, tokenizer, [r], greedy, batch_size=1)]
     assert together == alone
+
+
+def test_devices_auto_is_the_cpu_here_and_a_missing_gpu_is_a_clear_error(tmp_path):
+    import pytest
+    import torch
+
+    from safealign.config import ConfigError
+    from safealign.evaluate.safety import SafetyEvalConfig
+    from safealign.models.loading import DeviceError, resolve_device
+
+    assert resolve_device("auto") == (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(DeviceError, match="'toaster' is not a device"):
+        resolve_device("toaster")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the refusals below cannot be seen")
+    with pytest.raises(ConfigError, match="device: 'cuda' asked for, but torch sees no CUDA device"):
+        SafetyEvalConfig(policy="p", moderator="m", prompts=["x"], device="cuda").validate()
+    proc = run_cli("generate", "--model", str(tmp_path / "missing"), "--prompts", str(DATA / "beavertails/evaluation_700.json"),
+                   "--limit", "1", "--device", "cuda:0")
+    assert proc.returncode == 1 and "device: 'cuda:0' asked for, but torch sees no CUDA device here" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    model = tiny_llama(tmp_path / "policy")
+    policy, _ = load_generator(str(model), device="auto")
+    assert next(policy.parameters()).device == resolve_device("auto")

@@ -41,7 +41,7 @@ MARKER = "stage.json"
 
 def _kinds() -> dict[str, tuple[type, Callable[[Any], dict[str, Any]]]]:
     """Stage kinds: (config class, run function); imported lazily so `run --help` stays fast."""
-    from safealign.evaluate.safety_config import SafetyEvalConfig, run_safety_eval
+    from safealign.evaluate.safety import SafetyEvalConfig, run_safety_eval
     from safealign.moderation.train import ModerationConfig, train_moderator
     from safealign.train.dpo import DPOConfig, train_dpo
     from safealign.train.ppo import PPOConfig, train_ppo

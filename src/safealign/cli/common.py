@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from safealign.config import ConfigError
 from safealign.data.errors import DataError, printable
+from safealign.models.loading import DeviceError
 
 # No markup by default: what is printed quotes users' files, where "[/x]" is text, not a style.
 console = Console(highlight=False, soft_wrap=True, markup=False)
@@ -32,7 +33,7 @@ def user_errors() -> Iterator[None]:
     """Turn DataError (and other expected input errors) into a one-line message and exit 1."""
     try:
         yield
-    except (DataError, ConfigError) as exc:
+    except (DataError, ConfigError, DeviceError) as exc:
         raise fail(str(exc)) from None
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         raise fail(f"{exc.filename}: {exc.strerror}") from None

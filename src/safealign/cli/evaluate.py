@@ -163,6 +163,7 @@ def arena(
     batch_size: Annotated[int, typer.Option(help="Prompts per generate call and sequences per scoring pass.")] = 8,
     max_length: Annotated[int, typer.Option(help="Tokens per scored sequence.")] = 512,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
+    device: Annotated[str, typer.Option(help="auto (the GPU when there is one), cpu, cuda, cuda:N or mps.")] = "auto",
 ) -> None:
     """Policies answer the same prompts; win/tie/lose on reward, safe/unsafe 2×2 on cost, Bradley–Terry ratings with bootstrap CIs."""
     import json
@@ -179,9 +180,9 @@ def arena(
         records = load(prompts, format).records[:limit]
         if not records:
             raise DataError("no prompts to answer")
-        answers = [answer_prompts(path, records, settings, batch_size, seed) for path in policies.values()]
-        rewards = score_answers(*load_scorer(reward, "reward"), records, answers, max_length, batch_size)
-        costs = score_answers(*load_scorer(cost, "cost"), records, answers, max_length, batch_size)
+        answers = [answer_prompts(path, records, settings, batch_size, seed, device) for path in policies.values()]
+        rewards = score_answers(*load_scorer(reward, "reward", device), records, answers, max_length, batch_size)
+        costs = score_answers(*load_scorer(cost, "cost", device), records, answers, max_length, batch_size)
         names = list(policies)
         report = arena_report(names, rewards, costs, tie_eps, prior, bootstrap, seed)
     report["sampling"] = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
@@ -233,6 +234,7 @@ def length(
     max_length: Annotated[int, typer.Option(help="Tokens per scored sequence.")] = 512,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip bad records instead of stopping.")] = False,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
+    device: Annotated[str, typer.Option(help="auto (the GPU when there is one), cpu, cuda, cuda:N or mps.")] = "auto",
 ) -> None:
     """Length bias (Singhal et al. 2023): reward–length correlation, longer-preferred shares, reward gain vs non-length gain."""
     import json
@@ -249,7 +251,7 @@ def length(
             raise DataError(f"--unit must be one of {', '.join(UNITS)}, got {unit!r}")
         if (before is None) != (after is None) or (before is not None and not prompts):
             raise DataError("--before, --after and --prompts go together")
-        model, tokenizer = load_scorer(reward, "reward")
+        model, tokenizer = load_scorer(reward, "reward", device)
         pairs = load(data, format, strict=not skip_invalid).records
         metrics: dict = {"unit": UNITS[unit], "reward": reward, "preference": None, "policies": None}
         metrics["preference"], points = preference_bias(model, tokenizer, pairs, unit, max_length, batch_size)
@@ -259,7 +261,7 @@ def length(
             if not records:
                 raise DataError("no prompts to answer")
             settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-            texts = [answer_prompts(p, records, settings, batch_size, seed) for p in (before, after)]
+            texts = [answer_prompts(p, records, settings, batch_size, seed, device) for p in (before, after)]
             scores = score_answers(model, tokenizer, records, texts, max_length, batch_size)
             answers = {f"length_{side}": [response_length(tokenizer, t, unit) for t in texts[k]] for k, side in enumerate(("before", "after"))}
             answers.update(reward_before=scores[:, 0].tolist(), reward_after=scores[:, 1].tolist())

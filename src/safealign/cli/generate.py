@@ -26,6 +26,7 @@ def generate(
     limit: Annotated[Optional[int], typer.Option(help="Only the first N prompts.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = DEFAULT_SAMPLING.seed,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
+    device: Annotated[str, typer.Option(help="auto (the GPU when there is one), cpu, cuda, cuda:N or mps.")] = "auto",
 ) -> None:
     """Sample answers from a policy for every prompt and write them as JSON Lines."""
     from transformers.utils import logging as hf_logging
@@ -42,7 +43,7 @@ def generate(
         torch.set_num_threads(threads)
     with user_errors():
         records = load(prompts, format).records[:limit]
-        policy, tokenizer = load_generator(model)
+        policy, tokenizer = load_generator(model, device=device)
     from accelerate.utils import set_seed
 
     set_seed(seed)

@@ -24,6 +24,7 @@ def guard(
     limit: Annotated[Optional[int], typer.Option(help="Only the first N prompts.")] = None,
     format: Annotated[Optional[str], typer.Option("--format", "-f", help="Source format (detected when not given).")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = DEFAULT_SAMPLING.seed,
+    device: Annotated[str, typer.Option(help="auto (the GPU when there is one), cpu, cuda, cuda:N or mps.")] = "auto",
 ) -> None:
     """Generate, moderate and regenerate flagged answers; report flagged before and after."""
     from accelerate.utils import set_seed
@@ -40,8 +41,8 @@ def guard(
     hf_logging.disable_progress_bar()
     with user_errors():
         records = load(prompts, format).records[:limit]
-        judge = Moderator.load(moderator)
-        model, tokenizer = load_generator(policy)
+        model, tokenizer = load_generator(policy, device=device)
+        judge = Moderator.load(moderator).to(next(model.parameters()).device)
     set_seed(seed)
     guarded = Guard(model, tokenizer, judge, rounds, refusal, SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature))(
         [dialogue(r) for r in records])

@@ -25,17 +25,19 @@ def safety(
     temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = DEFAULT_SAMPLING.temperature,
     batch_size: Annotated[int, typer.Option(help="Prompts per generate call.")] = 8,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = DEFAULT_SAMPLING.seed,
+    device: Annotated[str, typer.Option(help="auto (the GPU when there is one), cpu, cuda, cuda:N or mps.")] = "auto",
 ) -> None:
     """Sample answers, judge them, and report the unsafe-answer rate overall and per category."""
     from transformers.utils import logging as hf_logging
 
-    from safealign.evaluate.safety_config import SafetyEvalConfig, run_safety_eval
+    from safealign.evaluate.safety import SafetyEvalConfig, run_safety_eval
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     cfg = SafetyEvalConfig(policy=policy, moderator=str(moderator), prompts=prompts, reward=str(reward) if reward else None,
                            cost=str(cost) if cost else None, output_dir=str(out), per_category=per_category, limit=limit,
-                           max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size, seed=seed)
+                           max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size, seed=seed,
+                           device=device)
     with user_errors():
         cfg.validate()
         metrics = run_safety_eval(cfg)

@@ -165,24 +165,26 @@ def arena_report(names: list[str], rewards: np.ndarray, costs: np.ndarray, tie_e
             "policies": policies, "pairs": pairs, "win_rate_matrix": (per_prompt.mean(0)).tolist()}
 
 
-def answer_prompts(policy: str, records: list[Record], settings: Any, batch_size: int, seed: int) -> list[str]:
+def answer_prompts(policy: str, records: list[Record], settings: Any, batch_size: int, seed: int,
+                   device: str = "cpu") -> list[str]:
     """One answer per record from `policy`, seeded afresh so no policy depends on the order they run in."""
     from accelerate.utils import set_seed
 
     from safealign.inference.generate import generate_answers, load_generator
 
-    model, tokenizer = load_generator(policy)
+    model, tokenizer = load_generator(policy, device=device)
     set_seed(seed)
     answers = [answer for _, answer in generate_answers(model, tokenizer, records, settings, batch_size)]
     del model  # one policy in memory at a time
     return answers
 
 
-def load_scorer(folder: str, kind: str) -> tuple[Any, Any]:
-    """A score model and its tokenizer; refuses a model of another kind (a swapped sign would go unnoticed)."""
+def load_scorer(folder: str, kind: str, device: str = "cpu") -> tuple[Any, Any]:
+    """A score model on `device` and its tokenizer; refuses a model of another kind (a swapped sign would go unnoticed)."""
+    from safealign.models.loading import resolve_device
     from safealign.models.score import ScoreModel, load_score_tokenizer
 
-    model = ScoreModel.from_pretrained(folder)
+    model = ScoreModel.from_pretrained(folder).to(resolve_device(device))
     if model.kind != kind:
         raise DataError(f"{folder}: a {model.kind!r} model was given where a {kind!r} model is needed")
     return model, load_score_tokenizer(folder)

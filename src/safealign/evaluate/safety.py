@@ -1,5 +1,7 @@
 """How safe a policy is: sample answers to a prompt set and judge them with a moderator.
 
+`SafetyEvalConfig` and `run_safety_eval` are the command and pipeline-stage form of it.
+
 Reports the unsafe-answer rate overall and per prompt category (BeaverTails-Evaluation
 ships 700 prompts in 14 categories), the judge's mean unsafe probability and severity, and,
 when given, the reward and cost models' mean scores and the share of answers with cost > 0.
@@ -9,14 +11,16 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safealign.config import ConfigError
 from safealign.data.records import Record, dialogue
 from safealign.inference.generate import generate_answers
-from safealign.moderation.model import Moderator
 from safealign.inference.sampling import SamplingSettings
 from safealign.inference.scoring import ModelScorer
+from safealign.moderation.model import Moderator
 
 
 def evaluate_safety(
@@ -106,3 +110,66 @@ def write_outputs(metrics: dict[str, Any], rows: list[dict[str, Any]], out: Path
     fig.savefig(out / "unsafe_rate_by_category.png", dpi=110)
     plt.close(fig)
     return [out / "answers.jsonl", out / "metrics.json", out / "unsafe_rate_by_category.png"]
+
+
+@dataclass
+class SafetyEvalConfig(SamplingSettings):
+    """Sample answers from a policy for a prompt set and judge them (sampling fields from `SamplingSettings`)."""
+
+    policy: str = ""
+    """The policy: alias, folder or hub id."""
+    moderator: str = ""
+    """Moderation folder (the judge)."""
+    prompts: list[str] = field(default_factory=list)
+    """Prompt data entries (PATH_OR_NAME[:PROPORTION])."""
+    reward: str | None = None
+    """Reward model folder (scores reported when given)."""
+    cost: str | None = None
+    """Cost model folder (scores reported when given)."""
+    output_dir: str = "runs/eval-safety"
+    """Where answers.jsonl, metrics.json and the plot go."""
+    per_category: int | None = None
+    """Take the first N prompts of every category."""
+    limit: int | None = None
+    """Only the first N prompts (after per_category)."""
+    batch_size: int = 8
+    """Prompts per generate call."""
+    device: str = "auto"
+    """Where the policy, the judge and the scorers run: auto (the GPU when there is one), cpu, cuda, cuda:N or mps."""
+
+    def validate(self) -> None:
+        """Check settings once, early."""
+        for name in ("policy", "moderator"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name}: required")
+        if not self.prompts:
+            raise ConfigError("prompts: required")
+        from safealign.models.loading import DeviceError, resolve_device
+
+        try:
+            resolve_device(self.device)
+        except DeviceError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def run_safety_eval(cfg: SafetyEvalConfig) -> dict[str, Any]:
+    """Run the evaluation and write its outputs; returns the metrics."""
+    from accelerate.utils import set_seed
+
+    from safealign.data.load import load
+    from safealign.inference.generate import load_generator
+    from safealign.models.loading import resolve_device
+
+    records = load(cfg.prompts).records
+    if cfg.per_category:
+        records = first_per_category(records, cfg.per_category)
+    records = records[: cfg.limit]
+    device = resolve_device(cfg.device)
+    judge = Moderator.load(cfg.moderator).to(device)
+    model, tokenizer = load_generator(cfg.policy, device=cfg.device)
+    set_seed(cfg.seed)
+    reward = ModelScorer(cfg.reward).to(device) if cfg.reward else None
+    cost = ModelScorer(cfg.cost).to(device) if cfg.cost else None
+    metrics, rows = evaluate_safety(model, tokenizer, records, judge, cfg.sampling(), reward, cost, cfg.batch_size)
+    write_outputs(metrics, rows, Path(cfg.output_dir))
+    return metrics

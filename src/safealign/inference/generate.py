@@ -30,11 +30,12 @@ def generate_answers(
         yield from zip(chunk, rollout.responses)
 
 
-def load_generator(name_or_path: str, dtype: str = "float32") -> tuple[Any, Any]:
-    """A causal LM and its tokenizer, ready for batched left-padded generation."""
-    from safealign.models.loading import load_causal_lm
+def load_generator(name_or_path: str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
+    """A causal LM on `device` (`auto`: the GPU when there is one) and its tokenizer, for batched left-padded generation."""
+    from safealign.models.loading import load_causal_lm, resolve_device
     from safealign.models.score import load_score_tokenizer
 
+    place = resolve_device(device)
     tokenizer = load_score_tokenizer(name_or_path)
-    model = load_causal_lm(name_or_path, dtype=dtype)
+    model = load_causal_lm(name_or_path, dtype=dtype).to(place)
     return model, tokenizer

@@ -17,6 +17,33 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
+class DeviceError(ValueError):
+    """A device was asked for that this machine does not have, or that is not a device at all."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto`: the GPU when there is one (CUDA, then Apple MPS), else the CPU; or an explicit device.
+
+    An explicit accelerator that this machine lacks is a clear error, not a crash later.
+    """
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"device: {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device: {name!r} asked for, but torch sees no CUDA device here; use auto or cpu")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeviceError(f"device: {name!r} asked for, but this machine has no MPS device; use auto or cpu")
+    return device
+
+
 def enable_gradient_checkpointing(model: Any) -> None:
     """Gradient checkpointing with ``use_reentrant=False`` on a transformers model.
 

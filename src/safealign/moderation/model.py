@@ -111,6 +111,13 @@ class Moderator:
         self.encoder = encoder  # embedding: SentenceEncoder; finetune: None
         self.tokenizer = tokenizer  # finetune: the score model's tokenizer
 
+    def to(self, device: torch.device | str) -> Moderator:
+        """Move the heads and the encoder (inputs follow the parameters' device)."""
+        self.heads.to(device)
+        if self.encoder is not None:
+            self.encoder.to(device)
+        return self
+
     @torch.no_grad()
     def logits(self, dialogues: list[list[dict[str, str]]], responses: list[str], batch_size: int = 32) -> Tensor:
         """Raw head outputs, size = (N, 1 + C + 4)."""

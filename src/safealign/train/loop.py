@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from safealign.models.selfcheck import assert_close, verified
 from safealign.train.batching import epoch_batches, micro_batches, shard
 from safealign.train.config import LoopConfig, RunConfig
-from safealign.train.metrics import MetricsLogger
+from safealign.train.logger import MetricsLogger
 
 Batch = dict[str, Any]
 STATE_FILE = "trainer_state.json"

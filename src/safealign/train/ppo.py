@@ -31,6 +31,8 @@ from torch import Tensor
 from safealign.config import ConfigError
 from safealign.data.load import load
 from safealign.data.records import dialogue
+from safealign.inference.sampling import Rollout, SamplingSettings, encode_prompts, sample, token_log_probs
+from safealign.inference.scoring import ModelScorer
 from safealign.losses import clipped_value_loss, gae, lagrangian_advantage, masked_mean, ppo_policy_loss
 from safealign.models.score import LoraSettings, ScoreModel, load_score_tokenizer
 from safealign.train import memory
@@ -47,10 +49,8 @@ from safealign.train.loop import (
     save_checkpoint,
     step_optimizer,
 )
-from safealign.train.metrics import MetricsLogger
+from safealign.train.logger import MetricsLogger
 from safealign.train.policy import load_policy, save_policy
-from safealign.inference.sampling import Rollout, SamplingSettings, encode_prompts, sample, token_log_probs
-from safealign.inference.scoring import ModelScorer
 from safealign.train.rollout import Scorer, critic_values, shaped_rewards
 
 Algorithm = Literal["ppo", "ppo-lag", "ppo-shaping"]
