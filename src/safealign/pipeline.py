@@ -115,11 +115,11 @@ def _build_configs(stages: list[Stage], run_dir: Path, path: str | Path) -> None
             config_cls, _ = kinds[stage.kind]
             settings = {**_resolve(stage.settings, run_dir), "output_dir": str(run_dir / stage.name)}
             stage.config = config_from_mapping(config_cls, settings, f"{path}: stage {stage.name}")
-            resolved = to_dict(stage.config)
+            resolved = json.loads(json.dumps(to_dict(stage.config), default=str))  # as the marker stores it
         reads = list(digests) if stage.kind == "report" else sorted(_references(stage))  # the report reads every stage
         inputs = {ref: digests[ref] for ref in reads}
         stage.resolved = resolved
-        payload = json.dumps({"kind": stage.kind, "settings": resolved, "inputs": inputs}, sort_keys=True, default=str)
+        payload = json.dumps({"kind": stage.kind, "settings": resolved, "inputs": inputs}, sort_keys=True)
         stage.digest = digests[stage.name] = hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -135,9 +135,9 @@ def changed_fields(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
 
 
 def _check_references(stage: Stage, earlier: list[str], path: str | Path) -> None:
-    for value in _strings(stage.settings):
-        if value.startswith("@") and value[1:].rstrip("/") not in earlier:
-            raise ConfigError(f"{path}: stage {stage.name}: {value!r} does not name an earlier stage")
+    for name in sorted(_references(stage)):
+        if name not in earlier:
+            raise ConfigError(f"{path}: stage {stage.name}: '@{name}' does not name an earlier stage")
 
 
 def _strings(value: Any) -> list[str]:
@@ -200,8 +200,7 @@ def _still_valid(stage: Stage, out: Path, head: str, log: Callable[[str], None])
     if recorded == stage.digest:
         log(f"{head} ({stage.kind}): done, skipped")
         return True
-    changes = changed_fields(json.loads(json.dumps(marker.get("settings") or {}, default=str)),
-                             json.loads(json.dumps(stage.resolved, default=str)))
+    changes = changed_fields(marker.get("settings") or {}, stage.resolved or {})
     why = "; ".join(changes) if changes else "an earlier stage it reads was re-run or changed"
     stale = out.with_name(out.name + ".stale")
     if stale.exists():

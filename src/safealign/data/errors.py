@@ -6,7 +6,8 @@ import base64
 import re
 from dataclasses import dataclass, field
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+SURROGATE = re.compile("[\ud800-\udfff]")
+"""Any lone surrogate: what surrogateescape makes of invalid UTF-8, or a decoded JSON "\\ud800" escape."""
 
 
 class RecordError(ValueError):
@@ -58,11 +59,11 @@ class Rejection:
 
 def exact_bytes(text: str) -> bytes:
     """The bytes a text decoded with `surrogateescape` came from; other lone surrogates as `surrogatepass`."""
-    if not _SURROGATE.search(text):
+    if not SURROGATE.search(text):
         return text.encode("utf-8")
     out = bytearray()
     last = 0
-    for match in _SURROGATE.finditer(text):
+    for match in SURROGATE.finditer(text):
         out += text[last : match.start()].encode("utf-8")
         code = ord(match.group())
         out += bytes([code - 0xDC00]) if 0xDC80 <= code <= 0xDCFF else match.group().encode("utf-8", "surrogatepass")
@@ -73,7 +74,7 @@ def exact_bytes(text: str) -> bytes:
 
 def printable(text: str) -> str:
     """`text` with any lone surrogate written as a `\\udXXX` escape, safe to encode as UTF-8."""
-    return text if not _SURROGATE.search(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if not SURROGATE.search(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(slots=True)

@@ -166,7 +166,7 @@ def run_safety_eval(cfg: SafetyEvalConfig) -> dict[str, Any]:
     records = records[: cfg.limit]
     device = resolve_device(cfg.device)
     judge = Moderator.load(cfg.moderator).to(device)
-    model, tokenizer = load_generator(cfg.policy, device=cfg.device)
+    model, tokenizer = load_generator(cfg.policy, device=str(device))
     set_seed(cfg.seed)
     reward = ModelScorer(cfg.reward).to(device) if cfg.reward else None
     cost = ModelScorer(cfg.cost).to(device) if cfg.cost else None

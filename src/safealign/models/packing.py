@@ -24,11 +24,10 @@ fails is never packed (one `FallbackWarning`).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import inspect
 
 import torch
 from torch import Tensor, nn

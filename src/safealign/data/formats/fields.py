@@ -6,15 +6,13 @@ are read as the types they spell. JSON sources must carry the real types.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from itertools import compress
 from typing import Any
 
-from safealign.data.errors import RecordError
+from safealign.data.errors import SURROGATE, RecordError
 from safealign.data.taxonomy import MAX_SEVERITY, Taxonomy
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # e.g. from a JSON "\\ud800" escape: no text can hold it
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 
@@ -43,7 +41,7 @@ def text(row: Mapping[str, Any], name: str, *, allow_empty: bool = False) -> str
 def valid_unicode(name: str, value: str) -> str:
     """`value` unless it holds a lone surrogate, which no tokenizer or UTF-8 writer accepts."""
     if not value.isascii():
-        bad = _LONE_SURROGATE.search(value)
+        bad = SURROGATE.search(value)
         if bad:
             raise RecordError(name, f"not valid Unicode text: a lone surrogate U+{ord(bad.group()):04X} at character {bad.start()}")
     return value
