@@ -7,9 +7,9 @@ PY := $(VENV)/bin/python
 # Set TORCH_INDEX (e.g. https://download.pytorch.org/whl/cpu) to pick where torch comes from.
 TORCH_INDEX ?=
 TORCH_SPEC := torch==2.13.0
-# Exact versions (with hashes) of every runtime, dev and build dependency except torch;
+# The lock (pip-compile's file name): exact versions, with hashes, of every runtime, dev and build dependency except torch;
 # resolved for CPython 3.11 on Linux x86_64 against torch's CPU build. `make lock` rewrites it.
-LOCK := requirements.lock
+LOCK := requirements.txt
 # Where `make lock` finds torch's CPU build (its dependencies differ from the CUDA build's).
 LOCK_TORCH ?= --find-links /opt/wheels
 UV_SPEC := uv==0.13.9
@@ -31,6 +31,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	rm -rf src/*.egg-info  # setuptools' build leftover; the installed metadata is in the venv
 	$(PY) -m pip check > $(VENV)/pip-check.txt || true
 	! grep -vE "^($(MODEL_PACKAGES)) |^No broken requirements" $(VENV)/pip-check.txt
 	touch $@
@@ -73,6 +74,7 @@ test-latest:
 	rm -rf .venv-latest && $(PYTHON) -m venv .venv-latest
 	.venv-latest/bin/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	.venv-latest/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]"
+	rm -rf src/*.egg-info
 	.venv-latest/bin/pip list --format freeze | grep -iE '^(transformers|accelerate|peft|datasets|tokenizers)=='
 	SAFEALIGN_UNLOCKED=1 .venv-latest/bin/python -m pytest -q $(PYTEST_ARGS)
 

@@ -1,4 +1,4 @@
-"""The committed lock (requirements.lock) covers pyproject.toml exactly, CPU-only, and is what is installed."""
+"""The committed lock (requirements.txt) covers pyproject.toml exactly, CPU-only, and is what is installed."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _lock() -> dict[str, tuple[str, int]]:
     """name -> (version, number of hashes)."""
     pins: dict[str, tuple[str, int]] = {}
     current = None
-    for line in (REPO / "requirements.lock").read_text().splitlines():
+    for line in (REPO / "requirements.txt").read_text().splitlines():
         match = PIN.match(line)
         if match:
             current = canonicalize_name(match.group(1))
@@ -46,7 +46,7 @@ def test_every_declared_dependency_is_pinned_with_hashes_within_its_range() -> N
             assert str(requirement.specifier) == "==2.13.0"  # installed first, apart from the lock
             assert name not in pins
             continue
-        assert name in pins, f"{name} is not in requirements.lock: run `make lock`"
+        assert name in pins, f"{name} is not in requirements.txt: run `make lock`"
         pinned, hashes = pins[name]
         assert requirement.specifier.contains(pinned, prereleases=True), f"{name}=={pinned} is outside {requirement.specifier}"
         assert hashes >= 1, name
@@ -75,5 +75,5 @@ def test_the_installed_packages_are_the_locked_ones() -> None:
             continue
         if Version(installed) != Version(pinned):
             wrong[name] = f"{installed} installed, {pinned} locked"
-    assert wrong == {}, "install with `make install` (pip install --require-hashes --no-deps -r requirements.lock)"
+    assert wrong == {}, "install with `make install` (pip install --require-hashes --no-deps -r requirements.txt)"
     assert version("torch").split("+")[0] == "2.13.0"
