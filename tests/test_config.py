@@ -62,24 +62,22 @@ def test_shipped_configs_parse(data_dir):
 
 
 def test_every_command_that_samples_has_the_one_set_of_sampling_defaults():
-    import inspect
     from dataclasses import fields
 
-    from safealign.cli.evaluate import arena, length
-    from safealign.cli.generate import generate
-    from safealign.cli.guard import guard
-    from safealign.cli.safety import safety
+    from safealign.evaluate.arena import ArenaConfig
+    from safealign.evaluate.length import LengthConfig
     from safealign.evaluate.safety import SafetyEvalConfig
+    from safealign.inference.generate import GenerateConfig
     from safealign.inference.settings import SamplingSettings
+    from safealign.moderation.guard import GuardConfig
     from safealign.train.ppo import PPOConfig
 
     defaults = SamplingSettings()
-    for command in (generate, guard, safety, arena, length):
-        parameters = inspect.signature(command).parameters
-        shown = {name: parameters[name].default for name in ("max_new_tokens", "temperature", "top_p", "repetition_penalty", "seed")
-                 if name in parameters}
-        assert shown and shown == {name: getattr(defaults, name) for name in shown}, command.__name__
-    assert SafetyEvalConfig().sampling() == defaults
-    ppo = PPOConfig().sampling()
+    required = {"policy": "p", "moderator": "m", "prompts": ["x"], "model": "m", "reward": "r", "cost": "c", "data": ["d"]}
+    for cls in (GenerateConfig, GuardConfig, SafetyEvalConfig, ArenaConfig, LengthConfig):
+        names = {f.name for f in fields(cls)}
+        config = cls(**{k: v for k, v in required.items() if k in names})
+        assert config.sampling() == defaults, cls.__name__
+    ppo = PPOConfig(actor="a", reward_model="r").sampling()
     assert {f.name: getattr(ppo, f.name) for f in fields(SamplingSettings) if f.name != "seed"} == \
         {f.name: getattr(defaults, f.name) for f in fields(SamplingSettings) if f.name != "seed"}

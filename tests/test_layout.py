@@ -12,7 +12,7 @@ PACKAGE = REPO / "src" / "safealign"
 ALLOWED: dict[str, set[str] | None] = {
     "data": set(),
     "models": {"data"},
-    "inference": {"data", "models"},
+    "inference": {"data", "models", "config"},
     "losses": set(),
     "config": set(),
     "train": {"data", "models", "inference", "losses", "config"},

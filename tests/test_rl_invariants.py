@@ -138,11 +138,11 @@ def test_ppo_refuses_samplers_its_log_probs_do_not_describe(tmp_path) -> None:
                            (["--temperature", "0"], "temperature: must be above 0")):
         with pytest.raises(ConfigError, match=message):
             build_config(PPOConfig, None, base + extra).validate()
-    assert PPOConfig().max_steps == 100  # the default is a documented field, not a hidden `or 100`
+    assert PPOConfig(actor="a", reward_model="r").max_steps == 100  # the default is a documented field, not a hidden `or 100`
 
 
 def test_prompt_batches_are_one_permutation_per_pass() -> None:
-    cfg = PPOConfig(rollout_batch_size=4, seed=3)
+    cfg = PPOConfig(actor="a", reward_model="r", rollout_batch_size=4, seed=3)
     prompts = list(range(10))
     drawn = [p for step in range(1, 6) for p in ppo._prompt_batch(prompts, cfg, step, 0, 1)]  # 20 draws: two passes
     for epoch in range(2):
@@ -150,7 +150,7 @@ def test_prompt_batches_are_one_permutation_per_pass() -> None:
         random.Random(3 * 7919 + epoch).shuffle(order)
         assert drawn[10 * epoch : 10 * epoch + 10] == order
     shards = [ppo._prompt_batch(prompts, cfg, 1, rank, 2) for rank in range(2)]
-    assert sorted(shards[0] + shards[1]) == sorted(ppo._prompt_batch(prompts, PPOConfig(rollout_batch_size=8, seed=3), 1, 0, 1))
+    assert sorted(shards[0] + shards[1]) == sorted(ppo._prompt_batch(prompts, PPOConfig(actor="a", reward_model="r", rollout_batch_size=8, seed=3), 1, 0, 1))
 
 
 def test_a_normalised_cost_model_keeps_its_zero() -> None:

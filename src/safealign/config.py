@@ -75,6 +75,14 @@ def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
+def at_least_one(config: Any, *names: str) -> None:
+    """Each named field of `config`, when set (not None), is at least 1."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"{name}: must be at least 1, got {value}")
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """The config as plain data (for saving next to a run)."""
     return dataclasses.asdict(config)
@@ -183,3 +191,46 @@ def _scalar(value: Any, hint: Any, where: str, name: str) -> Any:
             return str(value)
         raise ConfigError(f"{where}: {name}: expected a string, got {value!r}")
     return value
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's attribute docstring (the string literal under it), across the class's bases.
+
+    Empty for a class whose source cannot be read (a frozen app): the help then lists fields
+    and defaults without their text.
+    """
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a subclass's docstring wins over its base's
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, after in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def describe_type(hint: Any) -> str:
+    """A field's type as the help shows it: INT, NUMBER, TEXT, BOOL, a|b|c, TEXT... (a list), SECTION."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return "|".join(describe_type(a) for a in args if a is not type(None))
+    if origin is Literal:
+        return "|".join(map(str, args))
+    if origin in (list, tuple):
+        return f"{describe_type(args[0]) if args else 'VALUE'}..."
+    if origin is dict or hint is dict:
+        return "MAPPING"
+    if dataclasses.is_dataclass(hint):
+        return "SECTION"
+    return {bool: "BOOL", int: "INT", float: "NUMBER", str: "TEXT"}.get(hint, "VALUE")

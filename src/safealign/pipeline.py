@@ -41,7 +41,11 @@ MARKER = "stage.json"
 
 def _kinds() -> dict[str, tuple[type, Callable[[Any], dict[str, Any]]]]:
     """Stage kinds: (config class, run function); imported lazily so `run --help` stays fast."""
+    from safealign.evaluate.arena import ArenaConfig, run_arena
+    from safealign.evaluate.length import LengthConfig, run_length
+    from safealign.evaluate.preference import PreferenceEvalConfig, run_preference_eval
     from safealign.evaluate.safety import SafetyEvalConfig, run_safety_eval
+    from safealign.moderation.evaluate import ModerationEvalConfig, run_moderation_eval
     from safealign.moderation.train import ModerationConfig, train_moderator
     from safealign.train.dpo import DPOConfig, train_dpo
     from safealign.train.ppo import PPOConfig, train_ppo
@@ -59,11 +63,15 @@ def _kinds() -> dict[str, tuple[type, Callable[[Any], dict[str, Any]]]]:
         "ppo-lag": (PPOConfig, lambda c: train_ppo(c, "ppo-lag")),
         "ppo-shaping": (PPOConfig, lambda c: train_ppo(c, "ppo-shaping")),
         "eval-safety": (SafetyEvalConfig, run_safety_eval),
+        "eval-preference": (PreferenceEvalConfig, lambda c: run_preference_eval(c)[0].metrics()),
+        "eval-moderation": (ModerationEvalConfig, lambda c: run_moderation_eval(c)["judges"]),
+        "eval-arena": (ArenaConfig, lambda c: run_arena(c)[0]),
+        "eval-length": (LengthConfig, lambda c: run_length(c)[0]),
     }
 
 
 STAGE_KINDS = ("train-reward", "train-cost", "train-attributes", "train-moderation", "sft", "dpo", "ppo", "ppo-lag",
-               "ppo-shaping", "eval-safety", "report")
+               "ppo-shaping", "eval-safety", "eval-preference", "eval-moderation", "eval-arena", "eval-length", "report")
 
 
 @dataclass

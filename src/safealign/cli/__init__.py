@@ -6,14 +6,13 @@ import typer
 
 from safealign.cli import data as data_cli
 from safealign.cli import evaluate as evaluate_cli
-from safealign.cli.generate import generate
-from safealign.cli.guard import guard
-from safealign.cli.moderate import moderate
-from safealign.cli.run import report, run
-from safealign.cli.safety import safety
+from safealign.cli import generate as generate_cli
+from safealign.cli import guard as guard_cli
 from safealign.cli import models as models_cli
+from safealign.cli import moderate as moderate_cli
 from safealign.cli import serve as serve_cli
 from safealign.cli import train as train_cli
+from safealign.cli.run import report, run
 
 app = typer.Typer(
     name="safealign",
@@ -25,16 +24,15 @@ app = typer.Typer(
 app.add_typer(data_cli.app, name="data", help="Validate, describe and convert preference data.")
 app.add_typer(models_cli.app, name="models", help="Install and resolve offline models.")
 app.add_typer(train_cli.app, name="train", help="Train score models (reward, cost, attributes) and policies (SFT, DPO, PPO, PPO-Lagrangian).")
-evaluate_cli.app.command(name="safety")(safety)
 app.add_typer(evaluate_cli.app, name="eval", help="Evaluate score models, moderators and policies.")
 app.add_typer(serve_cli.app, name="serve", help="Serve models over HTTP (moderation: OpenAI-compatible /v1/moderations).")
-app.command(name="generate")(generate)
-app.command(name="moderate")(moderate)
-app.command(name="guard")(guard)
+generate_cli.register(app)
+moderate_cli.register(app)
+guard_cli.register(app)
 app.command(name="run")(run)
 app.command(name="report")(report)
 
 
 def main() -> None:
     """Entry point of the `safealign` console script."""
-    app()
+    app(prog_name="safealign")

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from safealign.config import ConfigError, at_least_one
 from safealign.data.errors import DataError
 from safealign.data.records import Record, dialogue
+from safealign.inference.settings import SamplingSettings, validate_device
 
 RATING_BASE = 1000.0
 RATING_SCALE = 400.0 / math.log(10.0)  # rating points per unit of log-strength
@@ -244,3 +248,105 @@ def write_arena_figure(report: dict[str, Any], path: Any) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+@dataclass(kw_only=True)
+class ArenaConfig(SamplingSettings):
+    """`safealign eval arena`: policies answer the same prompts, a reward and a cost model judge (sampling fields from `SamplingSettings`)."""
+
+    reward: str
+    """Reward model folder (higher is more helpful)."""
+    cost: str
+    """Cost model folder (cost > 0 is unsafe)."""
+    prompts: list[str]
+    """Records with prompts: PATH_OR_NAME[@REV][#SPLIT][:PROPORTION]; one entry per flag."""
+    policy: list[str] = field(default_factory=list)
+    """NAME=DIR (alias, folder or hub id; a bare DIR is named after its folder); one per flag."""
+    red: str | None = None
+    """A policy named red (with blue: a two-policy arena)."""
+    blue: str | None = None
+    """A policy named blue."""
+    format: str | None = None
+    """Source format of the prompts (detected when not given)."""
+    limit: int | None = None
+    """Only the first N prompts."""
+    output_dir: str = "runs/eval-arena"
+    """Folder for metrics.json, answers.jsonl and arena.png."""
+    bootstrap: int = 1000
+    """Bootstrap resamples of the prompts for the rating intervals (0: none)."""
+    tie_eps: float = 1e-3
+    """Rewards closer than this are a tie."""
+    prior: float = 0.5
+    """Virtual wins each way per pair of policies in the Bradley–Terry fit (0: plain MLE)."""
+    batch_size: int = 8
+    """Prompts per generate call and sequences per scoring pass."""
+    max_length: int = 512
+    """Tokens per scored sequence."""
+    threads: int | None = None
+    """torch CPU threads (default: torch's own choice)."""
+    device: str = "auto"
+    """auto (the GPU when there is one), cpu, cuda, cuda:N or mps."""
+
+    def validate(self) -> None:
+        """Check settings once, early (the policy list too)."""
+        self.validate_sampling()
+        at_least_one(self, "limit", "batch_size", "max_length", "threads")
+        validate_device(self.device)
+        if self.bootstrap < 0 or self.tie_eps < 0 or self.prior < 0:
+            raise ConfigError("bootstrap, tie_eps, prior: must not be negative")
+        try:
+            self.policies()
+        except DataError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def policies(self) -> dict[str, str]:
+        """NAME -> model, from policy, red and blue; names are unique and there are at least two."""
+        named = [("red", self.red)] * (self.red is not None) + [("blue", self.blue)] * (self.blue is not None)
+        for spec in self.policy:
+            name, sep, path = spec.partition("=")
+            named.append((name, path) if sep else (Path(spec).name, spec))
+        policies: dict[str, str] = {}
+        for name, path in named:
+            if not name or not path:
+                raise DataError(f"policy: {name}={path}: expected NAME=DIR")
+            if name in policies:
+                raise DataError(f"policy: the name {name!r} is given twice")
+            policies[name] = path
+        if len(policies) < 2:
+            raise DataError("policy: an arena needs at least two policies (--policy NAME=DIR, or --red DIR --blue DIR)")
+        return policies
+
+
+def run_arena(cfg: ArenaConfig) -> tuple[dict[str, Any], list[Path]]:
+    """Answer, judge, rate and write metrics.json, answers.jsonl and arena.png; returns the report and the files."""
+    import json
+
+    from safealign.data.load import load
+
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    policies = cfg.policies()
+    records = load(cfg.prompts, cfg.format).records[: cfg.limit]
+    if not records:
+        raise DataError("no prompts to answer")
+    settings = cfg.sampling()
+    answers = [answer_prompts(path, records, settings, cfg.batch_size, cfg.seed, cfg.device) for path in policies.values()]
+    rewards = score_answers(*load_scorer(cfg.reward, "reward", cfg.device), records, answers, cfg.max_length, cfg.batch_size)
+    costs = score_answers(*load_scorer(cfg.cost, "cost", cfg.device), records, answers, cfg.max_length, cfg.batch_size)
+    names = list(policies)
+    report = arena_report(names, rewards, costs, cfg.tie_eps, cfg.prior, cfg.bootstrap, cfg.seed)
+    report["sampling"] = asdict(settings)
+    report["models"] = {"policies": policies, "reward": cfg.reward, "cost": cfg.cost}
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    with open(out / "answers.jsonl", "w", encoding="utf-8") as f:
+        for p, record in enumerate(records):
+            row = {"prompt": record.prompt, "category": getattr(record, "category", None), "origin": record.origin,
+                   "answers": {n: {"response": answers[k][p], "reward": float(rewards[p, k]), "cost": float(costs[p, k])}
+                               for k, n in enumerate(names)}}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_arena_figure(report, out / "arena.png")
+    return report, [out / "metrics.json", out / "answers.jsonl", out / "arena.png"]

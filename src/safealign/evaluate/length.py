@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 
+from safealign.config import ConfigError, at_least_one
 from safealign.data.errors import DataError
+from safealign.inference.settings import SamplingSettings, validate_device
 from safealign.data.records import DualPreferencePair, PreferencePair, Record, dialogue
 
 UNITS = {"tokens": "tokens of the reward model's tokenizer (response text only, no special tokens)",
@@ -216,3 +219,81 @@ def write_length_figure(points: dict[str, list], policies: dict[str, list] | Non
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
+
+
+@dataclass(kw_only=True)
+class LengthConfig(SamplingSettings):
+    """`safealign eval length`: length bias of a reward model on pairs, and of a policy's gain (sampling fields from `SamplingSettings`)."""
+
+    reward: str
+    """Reward model folder."""
+    data: list[str]
+    """Preference pairs: PATH_OR_NAME[@REV][#SPLIT][:PROPORTION]; one entry per flag."""
+    before: str | None = None
+    """Policy before training (with after and prompts)."""
+    after: str | None = None
+    """Policy after training."""
+    prompts: list[str] = field(default_factory=list)
+    """Prompts both policies answer."""
+    format: str | None = None
+    """Source format (detected when not given)."""
+    limit: int | None = None
+    """Only the first N prompts."""
+    unit: Literal["tokens", "words"] = "tokens"
+    """Length unit: tokens (of the reward model's tokenizer) or words."""
+    bucket_width: int = 20
+    """Length bucket width for the non-length reward gain."""
+    output_dir: str = "runs/eval-length"
+    """Folder for metrics.json and length.png."""
+    batch_size: int = 8
+    """Prompts per generate call and sequences per scoring pass."""
+    max_length: int = 512
+    """Tokens per scored sequence."""
+    skip_invalid: bool = False
+    """Skip bad records instead of stopping."""
+    threads: int | None = None
+    """torch CPU threads (default: torch's own choice)."""
+    device: str = "auto"
+    """auto (the GPU when there is one), cpu, cuda, cuda:N or mps."""
+
+    def validate(self) -> None:
+        """Check settings once, early."""
+        self.validate_sampling()
+        at_least_one(self, "limit", "bucket_width", "batch_size", "max_length", "threads")
+        validate_device(self.device)
+        if (self.before is None) != (self.after is None) or (self.before is not None and not self.prompts):
+            raise ConfigError("before, after, prompts: go together")
+
+
+def run_length(cfg: LengthConfig) -> tuple[dict[str, Any], dict[str, list], dict[str, list] | None]:
+    """Measure and write metrics.json and length.png; returns (metrics, preference points, policy answers)."""
+    import json
+    from pathlib import Path
+
+    from safealign.data.load import load
+    from safealign.evaluate.arena import answer_prompts, load_scorer, score_answers
+
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    model, tokenizer = load_scorer(cfg.reward, "reward", cfg.device)
+    pairs = load(cfg.data, cfg.format, strict=not cfg.skip_invalid).records
+    metrics: dict[str, Any] = {"unit": UNITS[cfg.unit], "reward": cfg.reward, "preference": None, "policies": None}
+    metrics["preference"], points = preference_bias(model, tokenizer, pairs, cfg.unit, cfg.max_length, cfg.batch_size)
+    answers = None
+    if cfg.before is not None and cfg.after is not None:
+        records = load(cfg.prompts, cfg.format).records[: cfg.limit]
+        if not records:
+            raise DataError("no prompts to answer")
+        texts = [answer_prompts(p, records, cfg.sampling(), cfg.batch_size, cfg.seed, cfg.device) for p in (cfg.before, cfg.after)]
+        scores = score_answers(model, tokenizer, records, texts, cfg.max_length, cfg.batch_size)
+        answers = {f"length_{side}": [response_length(tokenizer, t, cfg.unit) for t in texts[k]] for k, side in enumerate(("before", "after"))}
+        answers.update(reward_before=scores[:, 0].tolist(), reward_after=scores[:, 1].tolist())
+        metrics["policies"] = {"before": cfg.before, "after": cfg.after, **policy_bias(
+            answers["length_before"], answers["reward_before"], answers["length_after"], answers["reward_after"], cfg.bucket_width)}
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_length_figure(points, answers, cfg.unit, out / "length.png", (metrics["policies"] or {}).get("buckets"))
+    return metrics, points, answers

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from safealign.config import at_least_one
 from safealign.data.errors import DataError
 from safealign.data.load import load
 from safealign.data.records import DualPreferencePair, PreferencePair, Record, dialogue
@@ -121,3 +122,39 @@ def write_outputs(report: PreferenceReport, out_dir: str | Path) -> list[Path]:
 def load_pairs(specs: list[str], format_name: str | None, skip_invalid: bool) -> list[Record]:
     """Records for evaluation (strict unless told otherwise)."""
     return load(specs, format_name, strict=not skip_invalid).records
+
+
+@dataclass(kw_only=True)
+class PreferenceEvalConfig:
+    """`safealign eval preference`: how well a reward or cost model orders labelled pairs."""
+
+    model: str
+    """A reward or cost model folder (from `safealign train`)."""
+    data: list[str]
+    """Preference data: PATH_OR_NAME[@REV][#SPLIT][:PROPORTION]; one entry per flag."""
+    format: str | None = None
+    """Source format (detected when not given)."""
+    output_dir: str = "runs/eval-preference"
+    """Folder for metrics.json and score_histogram.png."""
+    max_length: int = 512
+    """Tokens per sequence."""
+    batch_size: int = 16
+    """Sequences per forward pass."""
+    skip_invalid: bool = False
+    """Skip bad records instead of stopping."""
+
+    def validate(self) -> None:
+        """Check settings once, early."""
+        at_least_one(self, "max_length", "batch_size")
+
+
+def run_preference_eval(cfg: PreferenceEvalConfig) -> tuple[PreferenceReport, list[Path]]:
+    """Evaluate and write the outputs; returns the report and the files written."""
+    from safealign.models.score import ScoreModel, load_score_tokenizer
+
+    if not (Path(cfg.model) / "score_config.json").is_file():
+        raise FileNotFoundError(2, "not a safealign score-model folder (no score_config.json)", cfg.model)
+    records = load_pairs(cfg.data, cfg.format, cfg.skip_invalid)
+    scorer = ScoreModel.from_pretrained(cfg.model)
+    report = evaluate_preference(scorer, load_score_tokenizer(cfg.model), records, cfg.max_length, cfg.batch_size)
+    return report, write_outputs(report, cfg.output_dir)

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safealign.config import ConfigError
+from safealign.config import ConfigError, at_least_one
 from safealign.data.records import Record, dialogue
 from safealign.inference.generate import generate_answers
 from safealign.inference.sampling import SamplingSettings
+from safealign.inference.settings import validate_device
 from safealign.inference.scoring import ModelScorer
 from safealign.moderation.model import Moderator
 
@@ -112,16 +113,16 @@ def write_outputs(metrics: dict[str, Any], rows: list[dict[str, Any]], out: Path
     return [out / "answers.jsonl", out / "metrics.json", out / "unsafe_rate_by_category.png"]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SafetyEvalConfig(SamplingSettings):
     """Sample answers from a policy for a prompt set and judge them (sampling fields from `SamplingSettings`)."""
 
-    policy: str = ""
+    policy: str
     """The policy: alias, folder or hub id."""
-    moderator: str = ""
+    moderator: str
     """Moderation folder (the judge)."""
-    prompts: list[str] = field(default_factory=list)
-    """Prompt data entries (PATH_OR_NAME[:PROPORTION])."""
+    prompts: list[str]
+    """Prompt records, e.g. the bundled BeaverTails-Evaluation (700 prompts, 14 categories); one entry per flag."""
     reward: str | None = None
     """Reward model folder (scores reported when given)."""
     cost: str | None = None
@@ -139,17 +140,14 @@ class SafetyEvalConfig(SamplingSettings):
 
     def validate(self) -> None:
         """Check settings once, early."""
+        self.validate_sampling()
+        at_least_one(self, "per_category", "limit", "batch_size")
         for name in ("policy", "moderator"):
             if not getattr(self, name):
                 raise ConfigError(f"{name}: required")
         if not self.prompts:
             raise ConfigError("prompts: required")
-        from safealign.models.loading import DeviceError, resolve_device
-
-        try:
-            resolve_device(self.device)
-        except DeviceError as exc:
-            raise ConfigError(str(exc)) from None
+        validate_device(self.device)
 
 
 def run_safety_eval(cfg: SafetyEvalConfig) -> dict[str, Any]:

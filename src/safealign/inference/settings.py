@@ -30,9 +30,37 @@ class SamplingSettings:
     seed: int = 0
     """Seed set once before sampling."""
 
+    def validate_sampling(self) -> None:
+        """Values that no sampler accepts, named by field (configs call it from their `validate`)."""
+        from safealign.config import ConfigError
+
+        if self.temperature < 0:
+            raise ConfigError(f"temperature: must not be negative, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k: must not be negative, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ConfigError(f"repetition_penalty: must be above 0, got {self.repetition_penalty}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens: must be at least 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ConfigError(f"min_new_tokens: must be in [0, max_new_tokens = {self.max_new_tokens}], got {self.min_new_tokens}")
+
     def sampling(self) -> SamplingSettings:
         """These settings alone, from a config class that extends them."""
         return SamplingSettings(**{f.name: getattr(self, f.name) for f in fields(SamplingSettings)})
+
+
+def validate_device(name: str) -> None:
+    """A device this machine has (auto, cpu, cuda, cuda:N, mps), or a ConfigError that names the `device` field."""
+    from safealign.config import ConfigError
+    from safealign.models.loading import DeviceError, resolve_device
+
+    try:
+        resolve_device(name)
+    except DeviceError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 DEFAULT_SAMPLING = SamplingSettings()

@@ -128,3 +128,46 @@ def write_report(results: dict[str, dict[str, Any]], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(results, indent=2))
     return out / "metrics.json"
+
+
+@dataclass(kw_only=True)
+class ModerationEvalConfig:
+    """`safealign eval moderation`: a moderator's figures on labelled data, beside a TF-IDF floor."""
+
+    model: str
+    """A moderation folder (from `safealign train moderation`)."""
+    data: list[str]
+    """Labelled evaluation data (QA records or dual pairs); one entry per flag."""
+    train_data: list[str] = field(default_factory=list)
+    """Data for the TF-IDF baseline (default: the moderator's own training data, from its run's config.yaml)."""
+    format: str | None = None
+    """Source format (detected when not given)."""
+    output_dir: str = "runs/eval-moderation"
+    """Folder for metrics.json and pr_curve.png."""
+    skip_invalid: bool = False
+    """Skip bad records instead of stopping."""
+
+
+def run_moderation_eval(cfg: ModerationEvalConfig) -> dict[str, Any]:
+    """Score the moderator and the floor, write metrics.json and pr_curve.png; returns {judge: figures} and the counts."""
+    import yaml
+
+    from safealign.data.load import load
+    from safealign.moderation.train import qa_records
+
+    moderator = Moderator.load(cfg.model)
+    records = qa_records(load(cfg.data, cfg.format, strict=not cfg.skip_invalid).records)
+    train_data = cfg.train_data
+    if not train_data:
+        run_config = Path(cfg.model).parent / "config.yaml"
+        if not run_config.is_file():
+            raise FileNotFoundError(2, "no run config.yaml beside the model; pass --train-data for the baseline", str(run_config))
+        train_data = yaml.safe_load(run_config.read_text())["data"]
+    train_records = qa_records(load(train_data, cfg.format, strict=not cfg.skip_invalid).records)
+    taxonomy = moderator.meta.taxonomy
+    judges = [score_moderator(moderator, records), score_baseline(train_records, records, taxonomy)]
+    results = {j.name: figures(j, records, taxonomy) for j in judges}
+    out = Path(cfg.output_dir)
+    write_report(results, out)
+    write_pr_curve(judges, records, out / "pr_curve.png")
+    return {"responses": len(records), "unsafe": sum(not r.is_safe for r in records), "judges": results}

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from safealign.moderation.model import Moderator, Verdict
+from safealign.config import ConfigError, at_least_one
 from safealign.inference.sampling import SamplingSettings, encode_prompts, sample
+from safealign.inference.settings import validate_device
+from safealign.moderation.model import Moderator, Verdict
 
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that."
 
@@ -58,3 +60,66 @@ class Guard:
             ids, mask = encode_prompts(self.tokenizer, dialogues[start : start + self.batch_size], 512)
             out.extend(sample(self.policy, self.tokenizer, ids.to(device), mask.to(device), self.sampling).responses)
         return out
+
+
+@dataclass(kw_only=True)
+class GuardConfig(SamplingSettings):
+    """`safealign guard`: a policy behind a moderator, over a prompt set (sampling fields from `SamplingSettings`)."""
+
+    policy: str
+    """The policy: alias, folder or hub id."""
+    moderator: str
+    """A moderation folder (the judge)."""
+    prompts: list[str]
+    """Records with prompts; one entry per flag."""
+    out: str = "runs/guard/answers.jsonl"
+    """JSON Lines: the final answer and every round's verdict."""
+    rounds: int = 3
+    """Generations per prompt at most before the refusal (resampling needs temperature > 0)."""
+    refusal: str = DEFAULT_REFUSAL
+    """The answer when every round was flagged."""
+    format: str | None = None
+    """Source format of the prompts (detected when not given)."""
+    limit: int | None = None
+    """Only the first N prompts."""
+    batch_size: int = 8
+    """Prompts per generate call."""
+    device: str = "auto"
+    """auto (the GPU when there is one), cpu, cuda, cuda:N or mps."""
+
+    def validate(self) -> None:
+        """Check settings once, early."""
+        self.validate_sampling()
+        at_least_one(self, "rounds", "limit", "batch_size")
+        validate_device(self.device)
+        if self.rounds > 1 and self.temperature == 0:
+            raise ConfigError("temperature: 0 (greedy) gives the same answer every round; set it above 0 or rounds: 1")
+
+
+def run_guard(cfg: GuardConfig) -> dict[str, Any]:
+    """Guard every prompt, write one row each; returns {prompts, flagged_before, flagged_after, refused, out}."""
+    import json
+    from pathlib import Path
+
+    from accelerate.utils import set_seed
+
+    from safealign.data.load import load
+    from safealign.data.records import dialogue
+    from safealign.inference.generate import load_generator
+
+    records = load(cfg.prompts, cfg.format).records[: cfg.limit]
+    model, tokenizer = load_generator(cfg.policy, device=cfg.device)
+    judge = Moderator.load(cfg.moderator).to(next(model.parameters()).device)
+    set_seed(cfg.seed)
+    guarded = Guard(model, tokenizer, judge, cfg.rounds, cfg.refusal, cfg.sampling(), cfg.batch_size)([dialogue(r) for r in records])
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        for record, g in zip(records, guarded):
+            rounds = [{"answer": a, "flagged": v.flagged, "unsafe_probability": v.unsafe_probability, "severity": v.severity}
+                      for a, v in g.rounds]
+            row = {"prompt": record.prompt, "origin": record.origin, "answer": g.answer, "refused": g.refused, "rounds": rounds}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return {"prompts": len(guarded), "flagged_before": sum(g.rounds[0][1].flagged for g in guarded),
+            "flagged_after": sum(g.rounds[-1][1].flagged and not g.refused for g in guarded),
+            "refused": sum(g.refused for g in guarded), "out": str(out)}

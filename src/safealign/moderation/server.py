@@ -34,6 +34,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -83,6 +84,42 @@ class ServerConfig:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.batch_wait_ms < 0:
             raise ConfigError(f"batch_wait_ms: must not be negative, got {self.batch_wait_ms}")
+
+
+@dataclass(kw_only=True)
+class ServeConfig(ServerConfig):
+    """`safealign serve moderation`: where to listen and which moderator, beside the server's limits."""
+
+    model: str
+    """A moderation folder (from `safealign train moderation`)."""
+    host: str = "127.0.0.1"
+    """Address to listen on (127.0.0.1: this machine only)."""
+    port: int = 8000
+    """TCP port."""
+    api_key: str | None = None
+    """Require 'Authorization: Bearer KEY' (default: $SAFEALIGN_API_KEY; neither: open)."""
+    threads: int | None = None  # type: ignore[assignment]
+    """Torch threads of the model worker (default: CPU cores - 1, at least 1: the event loop and clients keep a core)."""
+    model_name: str | None = None  # type: ignore[assignment]
+    """Name reported in responses and /healthz (default: the folder's name, or its run's for RUN/model)."""
+    access_log: bool = True
+    """Log every request."""
+
+    def validate(self) -> None:
+        """Check settings once, early; fills the defaults that depend on the machine, the environment and the folder."""
+        import os
+
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port: must be in 1..65535, got {self.port}")
+        if self.api_key is None:
+            self.api_key = os.environ.get("SAFEALIGN_API_KEY") or None
+        if self.threads is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+            self.threads = max(1, cores - 1)
+        if self.model_name is None:
+            folder = Path(self.model).resolve()
+            self.model_name = folder.parent.name if folder.name == "model" and folder.parent.name else folder.name
+        super().validate()
 
 
 @dataclass(eq=False)  # exceptions stay hashable

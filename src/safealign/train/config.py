@@ -98,13 +98,13 @@ class LoopConfig(RunConfig):
             raise ConfigError(f"eval_every: must not be negative, got {self.eval_every}")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModelTrainConfig(LoopConfig):
     """A base model trained on a dataset: what score models, SFT and DPO have in common."""
 
-    model: str = ""
+    model: str
     """Base model: an offline alias (smollm2-135m-instruct, minilm), a local folder or a hub id."""
-    data: list[str] = field(default_factory=list)
+    data: list[str]
     """Training data: PATH_OR_NAME[@REVISION][#SPLIT][:PROPORTION] entries, mixed."""
     eval_data: list[str] = field(default_factory=list)
     """Evaluation data; when empty, validation_split of data is held out (by prompt)."""

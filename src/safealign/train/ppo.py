@@ -56,7 +56,7 @@ from safealign.train.rollout import Scorer, critic_values, shaped_rewards
 Algorithm = Literal["ppo", "ppo-lag", "ppo-shaping"]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PPOConfig(RunConfig, SamplingSettings):
     """RL fine-tuning of a policy against a reward model, under a cost constraint for ppo-lag.
 
@@ -66,10 +66,10 @@ class PPOConfig(RunConfig, SamplingSettings):
 
     max_steps: int | None = 100
     """PPO steps to run: each samples `rollout_batch_size` prompts per process and updates on them."""
-    actor: str = ""
+    actor: str
     """The policy to fine-tune: an offline alias, a folder (e.g. an SFT output) or a hub id."""
     reward_model: str = ""
-    """Reward model folder (from `safealign train reward`)."""
+    """Reward model folder (from `safealign train reward`); required unless the caller passes a reward function."""
     cost_model: str | None = None
     """Cost model folder (from `safealign train cost`); required for ppo-lag and ppo-shaping."""
     prompts: list[str] = field(default_factory=list)
@@ -128,6 +128,7 @@ class PPOConfig(RunConfig, SamplingSettings):
     def validate(self) -> None:
         """Check settings once, early."""
         super().validate()
+        self.validate_sampling()
         if not self.actor:
             raise ConfigError("actor: required (an alias, a folder or a hub id)")
         for name in ("max_steps", "rollout_batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens", "episode_cost_window"):
