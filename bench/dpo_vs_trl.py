@@ -53,22 +53,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ppo_vs_trl import (  # noqa: E402
-    WindowProbe, build_tiny_llama, cpu_snapshot, foreign_cores, peak_rss_note, wait_for_quiet,
+from common import (  # noqa: E402 (bench/ is on the path: see bench/common.py)
+    WindowProbe, build_tiny_llama, cpu_snapshot, foreign_cores, peak_rss_note, retry_until_clean, run_worker,
+    wait_for_quiet,
 )
 
 from safealign.assets import sample_path  # noqa: E402
@@ -258,40 +251,32 @@ def worker(args: argparse.Namespace) -> None:
 
 def spawn(side: str, name: str, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     """Run one side in a fresh subprocess after waiting for a quiet machine; retry a disturbed run."""
-    tries: list[dict[str, Any]] = []
-    for _ in range(1 + args.retries):
+    def once() -> dict[str, Any]:
         load = wait_for_quiet(args.max_load)
-        result_file = scratch / f"result-{side}-{time.time_ns()}.json"
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--worker", side, "--model-name", name,
-               "--scratch", str(scratch), "--result", str(result_file)]
         started = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-            raise SystemExit(f"{side} run on {name} failed (exit {proc.returncode})")
-        r = json.loads(result_file.read_text())
+        r = run_worker(__file__, ["--worker", side, "--model-name", name, "--scratch", str(scratch)], f"{side} on {name}", scratch)
         w = args.warmup
         if len(r["ends"]) <= w:
             raise SystemExit(f"{side}: only {len(r['ends'])} steps ran; need more than --warmup {w}")
         rates = [t / (b - a) for t, a, b in zip(r["tokens"][w:], r["ends"][w - 1 :], r["ends"][w:])]
         r["rates"] = [x for x, f in zip(rates, r["step_foreign"]) if f <= args.max_foreign]
+        r["timed"] = len(rates)
         r["timed_tokens"] = sum(r["tokens"][w:])
         r["window_rate"] = r["timed_tokens"] / (r["ends"][-1] - r["ends"][w - 1])
         r["end_to_end_rate"] = sum(r["tokens"]) / (r["precompute"] + r["ends"][-1] - r["start"])
         r["load_before"] = load
-        clean = len(r["rates"]) * 2 >= len(rates) and r["precompute_foreign"] <= args.max_foreign
         shown = f"median {statistics.median(r['rates']):.0f} tok/s" if r["rates"] else "no clean step"
         print(f"  {name} {side:<10} {shown} over {len(r['rates'])}/{len(rates)} clean steps, precompute "
               f"{r['precompute']:.1f} s with {r['precompute_foreign']:.2f} other cores (load before {load:.2f}, other processes {r['foreign_cores']:.2f} cores while timed"
-              f"{'' if clean else ': disturbed'}, wall {time.perf_counter() - started:.0f} s, peak RSS {r['peak_rss']})",
+              f"{'' if clean(r) else ': disturbed'}, wall {time.perf_counter() - started:.0f} s, peak RSS {r['peak_rss']})",
               flush=True)
-        tries.append(r)
-        if clean:
-            break
-    best = max(tries, key=lambda r: (len(r["rates"]), -r["precompute_foreign"]))
-    if not best["rates"]:
-        raise SystemExit(f"{side} on {name}: no undisturbed step in {len(tries)} runs; try again on a quieter machine")
-    return best
+        return r
+
+    def clean(r: dict[str, Any]) -> bool:
+        return len(r["rates"]) * 2 >= r["timed"] and r["precompute_foreign"] <= args.max_foreign
+
+    return retry_until_clean(once, args.retries, clean, lambda r: (len(r["rates"]), -r["precompute_foreign"]),
+                             lambda r: bool(r["rates"]), f"{side} on {name}")
 
 
 def measure(name: str, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import httpx
+from common import cpu_snapshot, wait_for_quiet  # bench/ is on the path: see bench/common.py
 
 from safealign.assets import sample_path
 
@@ -84,14 +85,6 @@ def wait_until_up(base: str, proc: subprocess.Popen, timeout: float = 120) -> di
         except httpx.TransportError:
             time.sleep(0.25)
     raise RuntimeError(f"server did not answer within {timeout:.0f} s")
-
-
-def wait_quiet(max_load: float, patience: float) -> float:
-    """Wait up to `patience` s for the 1-minute load average to drop below `max_load`; return it."""
-    deadline = time.monotonic() + patience
-    while os.getloadavg()[0] >= max_load and time.monotonic() < deadline:
-        time.sleep(5)
-    return os.getloadavg()[0]
 
 
 async def load(base: str, payloads: list[bytes], concurrency: int, total: int, duration: float,
@@ -150,23 +143,14 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all processes have used (Linux /proc/stat; 0 elsewhere), to spot a run others disturbed."""
-    try:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
-        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
-        return 0.0
-
-
 def measure(name: str, base: str, payloads: list[bytes], args: argparse.Namespace, server_pid: int,
             rate: float = 0.0) -> bool:
     """Run one phase, print its figures, and say whether it met the target."""
     before = httpx.get(f"{base}/healthz").json()
-    cpu0 = (cpu_seconds(server_pid), cpu_seconds(os.getpid()), machine_busy_seconds())
+    cpu0 = (cpu_seconds(server_pid), cpu_seconds(os.getpid()), cpu_snapshot()[1])
     latencies, failures, elapsed = asyncio.run(load(base, payloads, args.concurrency, args.requests, args.duration, rate))
     server_cpu, client_cpu = cpu_seconds(server_pid) - cpu0[0], cpu_seconds(os.getpid()) - cpu0[1]
-    other_cpu = max(0.0, machine_busy_seconds() - cpu0[2] - server_cpu - client_cpu)
+    other_cpu = max(0.0, cpu_snapshot()[1] - cpu0[2] - server_cpu - client_cpu)
     after = httpx.get(f"{base}/healthz").json()
     if not latencies:
         print(f"{name}: no request succeeded ({failures} failed)")
@@ -217,7 +201,7 @@ def main() -> None:
             payloads = bodies(4096)
             # Warm-up (not measured): first calls pay for lazy initialisation in torch and the tokenizer.
             asyncio.run(load(base, payloads[::-1], args.concurrency, 4 * args.concurrency, 30))
-            load_avg = wait_quiet(args.max_load, args.quiet_wait)
+            load_avg = wait_for_quiet(args.max_load, poll=5, limit=args.quiet_wait)
             print(f"model: {model} ({health['backend']}, encoder {health['encoder']}); cpus: {os.cpu_count()}; "
                   f"1-min load before: {load_avg:.2f}" + ("" if load_avg < args.max_load else " (NOT quiet)"))
             print(f"server: --max-batch {args.max_batch} --batch-wait-ms {args.batch_wait_ms:g} --threads {args.threads} "

@@ -44,12 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ppo_vs_trl import prompts, wait_for_quiet  # noqa: E402
+from common import prompts, wait_for_quiet  # noqa: E402 (bench/ is on the path: see bench/common.py)
 
 from safealign.assets import sample_path  # noqa: E402
 

@@ -54,130 +54,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import (  # noqa: E402 (bench/ is on the path: see bench/common.py)
+    WindowProbe, build_tiny_llama, clean_steps, peak_rss_note, prompts, retry_until_clean, run_worker,
+    tiny_llama_config, wait_for_quiet,
+)
 
-from safealign.assets import sample_path  # noqa: E402
 
-PROMPT_FILES = ("beavertails/evaluation_700.json", "pku_saferlhf/v1_test_sample.jsonl")
 TARGET_SPEEDUP = 1.5  # TRL s/step ÷ safealign s/step, at least
 TARGET_LAG_OVERHEAD = 1.25  # safealign ppo-lag s/step ÷ ppo s/step, at most
 SIDES = ("safealign-ppo", "trl-ppo", "trl-ppo-nogc", "safealign-ppo-lag")
-
-
-# --- shared with the other bench scripts ---------------------------------------------------
-
-
-def wait_for_quiet(max_load: float, poll: float = 20.0, limit: float = 600.0) -> float:
-    """Wait (up to `limit` s) until the 1-minute load average is below `max_load`; returns it."""
-    waited = 0.0
-    load = os.getloadavg()[0]
-    while load >= max_load and waited < limit:
-        print(f"  load {load:.2f} >= {max_load}: waiting {poll:.0f} s", flush=True)
-        time.sleep(poll)
-        waited += poll
-        load = os.getloadavg()[0]
-    if load >= max_load:
-        print(f"  load still {load:.2f} after {limit:.0f} s; timing anyway (figures may be skewed)", flush=True)
-    return load
-
-
-def tiny_tokenizer():  # type: ignore[no-untyped-def]
-    """The byte-level BPE tokenizer of tests/tiny.py: 384 tokens, <pad> and <eos>, no chat template."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    rows = [json.loads(line) for line in sample_path("pku_saferlhf/v1_test_sample.jsonl").read_text().splitlines()]
-    corpus = [text for r in rows for text in (r["prompt"], r["response_0"], r["response_1"])]
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(corpus, vocab_size=384, min_frequency=2, special_tokens=["<pad>", "<eos>"], show_progress=False)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, pad_token="<pad>", eos_token="<eos>")
-
-
-def tiny_config(tokenizer: Any, max_positions: int = 2048):  # type: ignore[no-untyped-def]
-    """A 2-layer Llama config (hidden 32), as in tests/tiny.py."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-    )
-
-
-def build_tiny_llama(folder: Path, seed: int = 0, max_positions: int = 2048) -> Path:
-    """Save a random tiny Llama causal LM and its tokenizer to `folder`."""
-    import torch
-    from transformers import LlamaForCausalLM
-
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(seed)
-    LlamaForCausalLM(tiny_config(tokenizer, max_positions)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def cpu_snapshot() -> list[float]:
-    """(wall s, busy CPU s of the whole machine, CPU s of this process) now, for `foreign_cores`."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait; steal counts as busy
-    own = os.times()
-    return [time.perf_counter(), busy / os.sysconf("SC_CLK_TCK"), own.user + own.system]
-
-
-def foreign_cores(start: list[float], end: list[float]) -> float:
-    """CPU cores that *other* processes kept busy, on average, between two snapshots.
-
-    The load average only tells whether the machine was quiet when a run started; this tells
-    whether it stayed quiet while the run was timed (a run above ~0.15 is retried).
-    """
-    wall = end[0] - start[0]
-    return max(0.0, ((end[1] - start[1]) - (end[2] - start[2])) / wall) if wall > 0 else 0.0
-
-
-class WindowProbe:
-    """Step-end times with a CPU snapshot at each, to tell clean steps from disturbed ones."""
-
-    def __init__(self, warmup: int, total: int) -> None:
-        self.warmup, self.total = warmup, total
-        self.ends: list[float] = []
-        self.snapshots: list[list[float]] = []
-
-    def step_end(self) -> None:
-        self.snapshots.append(cpu_snapshot())
-        self.ends.append(self.snapshots[-1][0])
-
-    def result(self) -> dict[str, Any]:
-        """Step-end times, the other processes' cores during each timed step and the whole window."""
-        snaps = self.snapshots
-        w = self.warmup
-        return {"ends": self.ends, "step_foreign": [foreign_cores(a, b) for a, b in zip(snaps[w - 1 :], snaps[w:])],
-                "foreign_cores": foreign_cores(snaps[w - 1], snaps[-1]) if len(snaps) > w else 0.0}
-
-
-def clean_steps(result: dict[str, Any], warmup: int, max_foreign: float) -> list[float]:
-    """Durations of the timed steps during which other processes used at most `max_foreign` cores."""
-    ends = result["ends"]
-    steps = [b - a for a, b in zip(ends[warmup - 1 :], ends[warmup:])]
-    return [s for s, f in zip(steps, result["step_foreign"]) if f <= max_foreign]
-
-
-def peak_rss_note() -> str:
-    """This process's peak resident memory (VmHWM), for logs."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM"):
-            return line.split(":", 1)[1].strip()
-    return "?"
 
 
 # --- models and prompts --------------------------------------------------------------------
@@ -195,7 +86,7 @@ def build_models(root: Path, seed: int) -> dict[str, str]:
     paths = {"policy": str(policy)}
     for offset, kind in enumerate(("reward", "cost"), start=1):
         torch.manual_seed(seed + offset)
-        config = tiny_config(tokenizer)
+        config = tiny_llama_config(tokenizer, 2048)
         config.num_labels = 1
         classifier = LlamaForSequenceClassification(config)
         classifier.save_pretrained(root / f"{kind}-hf")
@@ -207,18 +98,6 @@ def build_models(root: Path, seed: int) -> dict[str, str]:
         score.save_pretrained(root / f"{kind}-score", tokenizer)
         paths[f"{kind}_hf"], paths[f"{kind}_score"] = str(root / f"{kind}-hf"), str(root / f"{kind}-score")
     return paths
-
-
-def prompts(tokenizer: Any, width: int) -> tuple[list[list[dict[str, str]]], list[list[int]]]:
-    """Dialogues whose prompt has at least `width` tokens, and their last `width` prompt ids."""
-    from safealign.data.load import load
-    from safealign.data.records import dialogue
-    from safealign.inference.sampling import encode_prompts
-
-    dialogues = [dialogue(r) for r in load([str(sample_path(f)) for f in PROMPT_FILES]).records]
-    ids, mask = encode_prompts(tokenizer, dialogues, width)
-    keep = [i for i in range(len(dialogues)) if int(mask[i].sum()) == width]
-    return [dialogues[i] for i in keep], [ids[i].tolist() for i in keep]
 
 
 # --- workers (one subprocess each) -----------------------------------------------------------
@@ -360,37 +239,27 @@ def worker(args: argparse.Namespace) -> None:
 
 def spawn(kind: str, args: argparse.Namespace, scratch: Path, profile: str | None = None) -> dict[str, Any]:
     """Run one side in a fresh subprocess after waiting for a quiet machine; retry a disturbed run."""
-    tries: list[dict[str, Any]] = []
-    for _ in range(1 + args.retries):
+    def once() -> dict[str, Any]:
         load = wait_for_quiet(args.max_load)
-        result_file = scratch / f"result-{kind}-{time.time_ns()}.json"
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--worker", kind, "--scratch", str(scratch), "--result", str(result_file)]
-        if profile:
-            cmd += ["--worker-profile", profile]
         started = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-            raise SystemExit(f"{kind} run failed (exit {proc.returncode})")
-        result = json.loads(result_file.read_text())
+        result = run_worker(__file__, ["--worker", kind, "--scratch", str(scratch), *(["--worker-profile", profile] if profile else [])],
+                            kind, scratch)
         ends = result["ends"]
         if len(ends) <= args.warmup:
             raise SystemExit(f"{kind}: only {len(ends)} steps ran; need more than --warmup {args.warmup}")
         result["steps"] = clean_steps(result, args.warmup, args.max_foreign)
         result["load_before"] = load
-        timed = len(ends) - args.warmup
-        clean = len(result["steps"]) * 2 >= timed
+        result["timed"] = len(ends) - args.warmup
         shown = f"median {statistics.median(result['steps']):.3f} s/step" if result["steps"] else "no clean step"
-        print(f"  {kind:<18} {shown} over {len(result['steps'])}/{timed} clean steps (load before {load:.2f}, "
-              f"other processes {result['foreign_cores']:.2f} cores while timed{'' if clean else ': disturbed'}, "
+        print(f"  {kind:<18} {shown} over {len(result['steps'])}/{result['timed']} clean steps (load before {load:.2f}, "
+              f"other processes {result['foreign_cores']:.2f} cores while timed{'' if clean(result) else ': disturbed'}, "
               f"wall {time.perf_counter() - started:.0f} s, peak RSS {result['peak_rss']})", flush=True)
-        tries.append(result)
-        if clean:
-            break
-    best = max(tries, key=lambda r: len(r["steps"]))
-    if not best["steps"]:
-        raise SystemExit(f"{kind}: no undisturbed step in {len(tries)} runs; try again on a quieter machine")
-    return best
+        return result
+
+    def clean(result: dict[str, Any]) -> bool:
+        return len(result["steps"]) * 2 >= result["timed"]
+
+    return retry_until_clean(once, args.retries, clean, lambda r: len(r["steps"]), lambda r: bool(r["steps"]), kind)
 
 
 def main() -> None:

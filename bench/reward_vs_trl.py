@@ -58,11 +58,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 import torch
+from common import build_tiny_llama  # bench/ is on the path: see bench/common.py
 
 from safealign.assets import sample_path
 from safealign.data.derive import pair_to_preference
@@ -82,31 +79,10 @@ TARGET_RATIO = 1.5
 # --- models -------------------------------------------------------------------------------
 
 
-def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
-    """A random 2-layer Llama (hidden 32) and a byte-level BPE tokenizer, as in tests/tiny.py."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    rows = [json.loads(line) for line in DATA.read_text().splitlines()]
-    corpus = [text for r in rows for text in (r["prompt"], r["response_0"], r["response_1"])]
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(corpus, vocab_size=384, min_frequency=2, special_tokens=["<pad>", "<eos>"], show_progress=False)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, pad_token="<pad>", eos_token="<eos>")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-    )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def model_location(name: str, scratch: Path) -> str:
     """A local Hugging Face folder both libraries load from."""
     if name == "tiny":
-        return str(build_tiny_llama(scratch / "tiny-llama"))
+        return str(build_tiny_llama(scratch / "tiny-llama", max_positions=1024))
     if name == "smollm2":
         return resolve_model("smollm2-135m-instruct")
     raise SystemExit(f"unknown model {name!r}; use tiny or smollm2")

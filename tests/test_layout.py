@@ -11,7 +11,8 @@ PACKAGE = REPO / "src" / "safealign"
 # part -> the parts of safealign it may import (besides itself); None = anything
 ALLOWED: dict[str, set[str] | None] = {
     "data": set(),
-    "models": {"data"},
+    "assets": set(),
+    "models": {"data", "assets"},
     "inference": {"data", "models", "config"},
     "losses": set(),
     "config": set(),

@@ -171,3 +171,42 @@ def test_7b_configs_dry_run_prints_the_memory_estimate(launch, words):
     assert "6772.0M" in actor and "33.55M" in actor  # 7B weights, LoRA r=64 trainable
     total = float(next(line for line in proc.stdout.splitlines() if line.startswith("total")).split()[-1].rstrip("G"))
     assert 5 < total < 40  # fits one 40–80 GB GPU per process once sharded over 8
+
+
+def test_ppo_lag_on_two_processes_matches_one_at_the_same_global_batch(tmp_path):
+    # DDP over gloo on the CPU, through `accelerate launch`: 2 processes × 2 prompts = 1 process × 4.
+    # Each prompt is sampled with a seed keyed by its global draw, so both runs draw the same
+    # rollouts; equal lengths (min = max new tokens) make per-process token means the global ones.
+    import json
+    import os
+    import subprocess
+
+    from conftest import run_cli, two_process_launch, write_jsonl
+    from transformers import AutoModelForCausalLM
+
+    policy = tiny_word_llama(tmp_path / "policy", WORDS)
+    folders = _score_folders(tmp_path, policy)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"record_type": "prompt", "prompt": p} for p in
+                                                       ("go a", "go b", "a b", "b c", "c a", "go c", "a go", "b go")])
+    common = ["--actor", str(policy), "--reward_model", str(folders["reward"]), "--cost_model", str(folders["cost"]),
+              "--prompts", str(prompts), "--max_steps", "3", "--ppo_epochs", "2", "--max_new_tokens", "4",
+              "--min_new_tokens", "4", "--learning_rate", "1e-2", "--critic_learning_rate", "1e-2", "--warmup_ratio", "0",
+              "--lr_scheduler", "constant", "--save_every", "0", "--num_threads", "1", "--seed", "3",
+              "--lambda_lr", "0.5", "--episode_cost_window", "4", "--cost_limit", "-0.5"]
+    one = run_cli("train", "ppo-lag", *common, "--output_dir", str(tmp_path / "one"), "--rollout_batch_size", "4",
+                  "--minibatch_size", "4")
+    assert one.returncode == 0, one.stderr[-3000:]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([*two_process_launch(), "train", "ppo-lag", *common, "--output_dir", str(tmp_path / "two"),
+                          "--rollout_batch_size", "2", "--minibatch_size", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("one", "two")]
+    assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == [1, 2, 3]
+    assert len({r["train/lambda"] for r in rows[0]}) == 3  # λ moved every step: the comparison covers its update
+    for a, b in zip(*rows):
+        for key in ("train/reward", "train/cost", "train/episode_cost", "train/lambda", "train/kl", "train/entropy",
+                    "train/actor_loss", "train/reward_critic_loss", "train/cost_critic_loss", "train/approx_kl"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    wa, wb = (AutoModelForCausalLM.from_pretrained(tmp_path / run / "model").state_dict() for run in ("one", "two"))
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=1e-5, rtol=1e-4)

@@ -1,6 +1,7 @@
 """What must hold in RL before any learning: the log-probs are the sampler's, step 1 is a no-op, modes and signs.
 
 - at temperature T the stored old log-probs equal the sampler's own log-probs of the drawn tokens;
+- the per-row sampler draws from softmax(logits / T) (top-k, top-p), and a row's draw does not depend on its batch;
 - on step 1 the KL to the reference is 0 and the PPO ratio is 1 on the first minibatch;
 - rollouts, old log-probs and old values run in eval mode (no dropout), updates in train mode;
 - the two log-prob implementations (rollouts, SFT/DPO) agree on the same tokens;
@@ -16,15 +17,18 @@ import random
 
 import pytest
 import torch
+from conftest import DATA
 from test_ppo import WORDS, make_scorers
 from tiny import tiny_llama, tiny_tokenizer, tiny_word_llama
 
 from safealign.config import ConfigError, build_config
+from safealign.data.load import load
+from safealign.inference.generate import generate_answers
 from safealign.train import ppo
 from safealign.train.lagrange import LagrangeMultiplier
 from safealign.train.policy import IGNORE, collate_sequences, encode_response, load_policy, sequence_logprobs
 from safealign.train.ppo import PPOConfig, train_ppo
-from safealign.inference.sampling import SamplingSettings, encode_prompts, sample, token_log_probs
+from safealign.inference.sampling import RowSampler, SamplingSettings, encode_prompts, row_seed, sample, token_log_probs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DIALOGUES = [[{"role": "user", "content": text}] for text in ("How do I bake bread?", "Tell me a joke", "Why is the sky blue?")]
@@ -44,19 +48,46 @@ def _rollout(actor, tokenizer, temperature: float, seed: int = 0):
 def test_old_log_probs_are_the_samplers_own_at_temperature(tiny) -> None:
     actor, tokenizer = load_policy(str(tiny))
     actor.eval()
-    rollout, ids, mask = _rollout(actor, tokenizer, 0.7)
-    torch.manual_seed(0)  # the same draw again, now with the sampler's processed scores
-    out = actor.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=0.7, top_p=1.0, top_k=0,
-                         max_new_tokens=6, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         output_scores=True, return_dict_in_generate=True)
-    drawn = out.sequences[:, ids.size(1):]
+    ids, mask = encode_prompts(tokenizer, DIALOGUES, 64)
+    settings = SamplingSettings(max_new_tokens=6, temperature=0.7)
+    sampler = RowSampler(0.7, 1.0, 0, [row_seed(0, i) for i in range(len(DIALOGUES))], record=True)
+    rollout = sample(actor, tokenizer, ids, mask, settings, sampler=sampler)
+    drawn = rollout.sequences[:, ids.size(1):]
     response = rollout.response_mask.bool()
-    assert torch.equal(drawn[response], rollout.sequences[:, ids.size(1):][response])
-    sampler = torch.stack(out.scores, dim=1).float().log_softmax(-1).gather(-1, drawn.unsqueeze(-1)).squeeze(-1)  # size = (B, T)
+    recorded = torch.stack(sampler.log_probs, dim=1)[:, : drawn.size(1)]  # size = (B, T, V): what each token was drawn from
+    own = recorded.gather(-1, drawn.unsqueeze(-1)).squeeze(-1)
     ours, _ = token_log_probs(actor, rollout, temperature=0.7)
-    torch.testing.assert_close(ours[response], sampler[response], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours[response], own[response], atol=1e-5, rtol=1e-5)
     untempered, _ = token_log_probs(actor, rollout)  # what the old code stored: the wrong distribution
-    assert (untempered[response] - sampler[response]).abs().max() > 1e-2
+    assert (untempered[response] - own[response]).abs().max() > 1e-2
+
+
+def test_the_row_sampler_draws_from_softmax_of_logits_over_temperature_with_top_k_and_top_p() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    draws = 20_000
+    for temperature, top_k, top_p in ((1.0, 0, 1.0), (0.5, 0, 1.0), (1.0, 2, 1.0), (1.0, 0, 0.8)):
+        expected = (logits / temperature).softmax(-1)[0]
+        if top_k:
+            expected[top_k:] = 0
+        if top_p < 1:  # softmax = .644 .237 .087 .032: the first two reach 0.8
+            expected[2:] = 0
+        expected = expected / expected.sum()
+        sampler = RowSampler(temperature, top_p, top_k, [row_seed(1, i) for i in range(draws)])
+        picks = sampler(torch.zeros(draws, 1, dtype=torch.long), logits.expand(draws, -1)).argmax(-1)
+        counts = torch.bincount(picks, minlength=4).float() / draws
+        torch.testing.assert_close(counts, expected, atol=0.015, rtol=0)  # ~4 standard errors at 20k draws
+
+
+def test_a_rows_draw_depends_on_its_seed_not_on_its_batch(tiny) -> None:
+    actor, tokenizer = load_policy(str(tiny))
+    actor.eval()
+    records = load(str(DATA / "beavertails/evaluation_700.json")).records[:4]
+    settings = SamplingSettings(max_new_tokens=6, temperature=1.0, seed=5)
+    together = [a for _, a in generate_answers(actor, tokenizer, records, settings, batch_size=4)]
+    apart = [a for _, a in generate_answers(actor, tokenizer, records, settings, batch_size=1)]
+    assert together == apart
+    other = [a for _, a in generate_answers(actor, tokenizer, records, SamplingSettings(max_new_tokens=6, seed=6), batch_size=4)]
+    assert other != together  # the seed matters
 
 
 def test_the_two_log_prob_implementations_agree(tiny) -> None:

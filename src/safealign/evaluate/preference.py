@@ -8,8 +8,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from safealign.config import at_least_one
 from safealign.data.errors import DataError
 from safealign.data.load import load

@@ -10,7 +10,7 @@ import torch
 
 from safealign.config import at_least_one
 from safealign.data.records import Record, dialogue
-from safealign.inference.sampling import SamplingSettings, encode_prompts, sample
+from safealign.inference.sampling import SamplingSettings, encode_prompts, row_seed, sample
 from safealign.inference.settings import validate_device
 
 
@@ -22,14 +22,19 @@ def generate_answers(
     batch_size: int = 8,
     max_prompt_length: int = 512,
 ) -> Iterator[tuple[Record, str]]:
-    """(record, answer) for every record, in order; sampling is seeded by the caller."""
+    """(record, answer) for every record, in order.
+
+    Record i is sampled with `row_seed(settings.seed, i)`: its answer is the same whatever the
+    batch size, and two policies answering the same prompts draw from the same noise.
+    """
     device = next(model.parameters()).device
     model.eval()
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
         ids, mask = encode_prompts(tokenizer, [dialogue(r) for r in chunk], max_prompt_length)
+        seeds = [row_seed(settings.seed, i) for i in range(start, start + len(chunk))]
         with torch.no_grad():
-            rollout = sample(model, tokenizer, ids.to(device), mask.to(device), settings)
+            rollout = sample(model, tokenizer, ids.to(device), mask.to(device), settings, seeds)
         yield from zip(chunk, rollout.responses)
 
 

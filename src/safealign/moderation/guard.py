@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from safealign.config import ConfigError, at_least_one
-from safealign.inference.sampling import SamplingSettings, encode_prompts, sample
+from safealign.inference.sampling import SamplingSettings, encode_prompts, row_seed, sample
 from safealign.inference.settings import validate_device
 from safealign.moderation.model import Moderator, Verdict
 
@@ -37,8 +37,8 @@ class Guard:
         """Guarded answers, in order. Only prompts still flagged are regenerated in later rounds."""
         results = [Guarded(answer="", refused=False) for _ in dialogues]
         pending = list(range(len(dialogues)))
-        for _ in range(self.max_rounds):
-            answers = self._generate([dialogues[i] for i in pending])
+        for round_ in range(self.max_rounds):
+            answers = self._generate([dialogues[i] for i in pending], [(i, round_) if round_ else (i,) for i in pending])
             verdicts = self.moderator.predict([dialogues[i] for i in pending], answers)
             still = []
             for i, answer, verdict in zip(pending, answers, verdicts):
@@ -53,12 +53,14 @@ class Guard:
             results[i].answer, results[i].refused = self.refusal, True
         return results
 
-    def _generate(self, dialogues: list[list[dict[str, str]]]) -> list[str]:
+    def _generate(self, dialogues: list[list[dict[str, str]]], keys: list[tuple[int, ...]]) -> list[str]:
+        """One answer per dialogue; prompt i's round r is drawn with row_seed(seed, i, r) (round 0: as `generate`)."""
         device = next(self.policy.parameters()).device
         out: list[str] = []
         for start in range(0, len(dialogues), self.batch_size):
             ids, mask = encode_prompts(self.tokenizer, dialogues[start : start + self.batch_size], 512)
-            out.extend(sample(self.policy, self.tokenizer, ids.to(device), mask.to(device), self.sampling).responses)
+            seeds = [row_seed(self.sampling.seed, *key) for key in keys[start : start + self.batch_size]]
+            out.extend(sample(self.policy, self.tokenizer, ids.to(device), mask.to(device), self.sampling, seeds).responses)
         return out
 
 

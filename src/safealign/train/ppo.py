@@ -31,7 +31,7 @@ from torch import Tensor
 from safealign.config import ConfigError
 from safealign.data.load import load
 from safealign.data.records import dialogue
-from safealign.inference.sampling import Rollout, SamplingSettings, encode_prompts, sample, token_log_probs
+from safealign.inference.sampling import Rollout, SamplingSettings, encode_prompts, row_seed, sample, token_log_probs
 from safealign.inference.scoring import ModelScorer
 from safealign.losses import clipped_value_loss, gae, lagrangian_advantage, masked_mean, ppo_policy_loss
 from safealign.models.score import LoraSettings, ScoreModel, load_score_tokenizer
@@ -52,6 +52,7 @@ from safealign.train.loop import (
 from safealign.train.logger import MetricsLogger
 from safealign.train.policy import load_policy, save_policy
 from safealign.train.rollout import Scorer, critic_values, shaped_rewards
+from safealign.train.sharded import check_rl_engine, generation_model
 
 Algorithm = Literal["ppo", "ppo-lag", "ppo-shaping"]
 
@@ -181,6 +182,7 @@ def train_ppo(
         print(memory_estimate(cfg, algorithm), flush=True)
         return {}
     acc = make_accelerator(cfg)
+    check_rl_engine(acc)
     if acc.is_main_process:
         print(memory_estimate(cfg, algorithm), flush=True)
     dialogues = prompts if prompts is not None else [dialogue(r) for r in load(cfg.prompts, cfg.format, strict=not cfg.skip_invalid).records]
@@ -210,7 +212,10 @@ def train_ppo(
         task = progress.add_task(algorithm, total=total, completed=start)
         for step in range(start + 1, total + 1):
             batch = _prompt_batch(dialogues, cfg, step, acc.process_index, acc.num_processes)
-            metrics = _rl_step(cfg, algorithm, models, acc, actor_opt, critic_opt, lagrange, batch)
+            # Each prompt is sampled with a seed keyed by its global draw: the same prompts give the
+            # same rollouts on 1 process or N, at any rollout batch split.
+            seeds = [row_seed(cfg.seed, draw) for draw in _draws(cfg, step, acc.process_index, acc.num_processes)]
+            metrics = _rl_step(cfg, algorithm, models, acc, actor_opt, critic_opt, lagrange, batch, seeds)
             for scheduler in schedulers:
                 scheduler.step()
             if step % cfg.log_every == 0 or step == total:
@@ -293,13 +298,18 @@ def same_tokenizer(a: str, b: str) -> bool:
 
 def _prompt_batch(dialogues: list, cfg: PPOConfig, step: int, rank: int, world: int) -> list:
     """This process's prompts for `step`: a seeded permutation per pass, cycled, sharded."""
+    return [dialogues[_prompt_index(cfg, i, len(dialogues))] for i in _draws(cfg, step, rank, world)]
+
+
+def _draws(cfg: PPOConfig, step: int, rank: int, world: int) -> range:
+    """The global draw numbers of this process's prompts at `step` (each one's sampling seed is keyed by it)."""
     per_step = cfg.rollout_batch_size * world
-    start = (step - 1) * per_step
-    out = []
-    for i in range(start, start + per_step):
-        epoch, pos = divmod(i, len(dialogues))
-        out.append(dialogues[_pass_order(cfg.seed, epoch, len(dialogues))[pos]])
-    return out[rank::world]
+    return range((step - 1) * per_step + rank, step * per_step, world)
+
+
+def _prompt_index(cfg: PPOConfig, draw: int, n: int) -> int:
+    epoch, pos = divmod(draw, n)
+    return _pass_order(cfg.seed, epoch, n)[pos]
 
 
 @functools.lru_cache(maxsize=4)
@@ -311,22 +321,22 @@ def _pass_order(seed: int, epoch: int, n: int) -> list[int]:
 
 
 def _rl_step(cfg: PPOConfig, algorithm: Algorithm, m: _Models, acc: Any, actor_opt: Any, critic_opt: Any,
-             lagrange: LagrangeMultiplier, batch: list) -> dict[str, float]:
-    actor = acc.unwrap_model(m.actor)
+             lagrange: LagrangeMultiplier, batch: list, seeds: list[int] | None = None) -> dict[str, float]:
     settings = cfg.sampling()
     prompt_ids, prompt_mask = encode_prompts(m.tokenizer, batch, cfg.max_prompt_length)
     # Rollouts, old log-probs and old values without dropout (eval mode), as TRL and safe-rlhf
     # compute them; the update then runs in training mode.
-    actor.eval()
+    m.actor.eval()
     for critic in (m.reward_critic, m.cost_critic):
         if critic is not None:
             critic.eval()
-    rollout = sample(actor, m.tokenizer, prompt_ids.to(acc.device), prompt_mask.to(acc.device), settings)
+    with generation_model(acc, m.actor) as actor:  # whole parameters under ZeRO-3 (see train/sharded.py)
+        rollout = sample(actor, m.tokenizer, prompt_ids.to(acc.device), prompt_mask.to(acc.device), settings, seeds)
     mask = rollout.response_mask.float()  # size = (B, T)
-    with torch.no_grad():
-        old_logp, entropy = token_log_probs(actor, rollout, with_entropy=True, temperature=cfg.temperature)
-        with (actor.disable_adapter() if m.reference is None else nullcontext()):
-            ref_logp, _ = token_log_probs(actor if m.reference is None else m.reference, rollout, temperature=cfg.temperature)
+    with torch.no_grad():  # forwards through the prepared models: the engines gather shards in them
+        old_logp, entropy = token_log_probs(m.actor, rollout, with_entropy=True, temperature=cfg.temperature)
+        with (acc.unwrap_model(m.actor).disable_adapter() if m.reference is None else nullcontext()):
+            ref_logp, _ = token_log_probs(m.actor if m.reference is None else m.reference, rollout, temperature=cfg.temperature)
         reward = m.reward(batch, rollout.responses, rollout.response_ids).to(acc.device).clamp(-cfg.score_clip, cfg.score_clip)
         cost = None if m.cost is None else m.cost(batch, rollout.responses, rollout.response_ids).to(acc.device).clamp(-cfg.score_clip, cfg.score_clip)
         kl = old_logp - ref_logp  # size = (B, T)
@@ -334,11 +344,11 @@ def _rl_step(cfg: PPOConfig, algorithm: Algorithm, m: _Models, acc: Any, actor_o
         if algorithm == "ppo-lag":
             lagrange.update(episode_costs)
         sequence_reward = reward - cfg.shaping_lambda * cost if algorithm == "ppo-shaping" else reward
-        old_values = critic_values(acc.unwrap_model(m.reward_critic), rollout)
+        old_values = critic_values(m.reward_critic, rollout)
         adv_r, ret_r = gae(shaped_rewards(sequence_reward, kl, mask, cfg.kl_coef, -1.0), old_values, mask, cfg.gamma, cfg.gae_lambda)
         advantages = adv_r
         if algorithm == "ppo-lag":
-            old_cost_values = critic_values(acc.unwrap_model(m.cost_critic), rollout)
+            old_cost_values = critic_values(m.cost_critic, rollout)
             adv_c, ret_c = gae(shaped_rewards(cost, kl, mask, cfg.kl_coef, +1.0), old_cost_values, mask, cfg.gamma, cfg.gae_lambda)
             advantages = lagrangian_advantage(adv_r, adv_c, lagrange.value)
     losses = _update(cfg, m, acc, actor_opt, critic_opt, rollout, old_logp, advantages, mask,
@@ -394,7 +404,9 @@ def _update(cfg: PPOConfig, m: _Models, acc: Any, actor_opt: Any, critic_opt: An
             n += 1
     if len(critics) == 1:
         del sums["train/cost_critic_loss"]
-    return {k: v / n for k, v in sums.items()}
+    # Every process's minibatches count: one all-reduce of the sums (each process ran n minibatches).
+    means = acc.reduce(torch.tensor(list(sums.values()), device=acc.device) / n, "mean").tolist()
+    return dict(zip(sums, means))
 
 
 def _subset(r: Rollout, idx: list[int]) -> Rollout:
@@ -411,7 +423,11 @@ def memory_estimate(cfg: PPOConfig, algorithm: Algorithm) -> str:
     length = cfg.max_prompt_length + cfg.max_new_tokens
     activations = memory.activation_bytes(cfg.actor, cfg.minibatch_size, length, cfg.dtype, cfg.gradient_checkpointing)
     sharding = memory.read_accelerate_config(cfg.accelerate_config) if cfg.accelerate_config else None
-    return "memory estimate (before loading):\n" + memory.format_table(memory_rows(cfg, algorithm), activations, sharding)
+    table = "memory estimate (before loading):\n" + memory.format_table(memory_rows(cfg, algorithm), activations, sharding)
+    if sharding is not None and sharding.description.startswith("DeepSpeed"):
+        table += ("\nnote: PPO refuses DeepSpeed at launch (one engine per trained model is not built yet); "
+                  "this is what ZeRO would need. Shard with FSDP2 (configs/scale/accelerate_fsdp.yaml).")
+    return table
 
 
 def memory_rows(cfg: PPOConfig, algorithm: Algorithm) -> list[memory.ModelMemory]:
