@@ -119,3 +119,26 @@ def test_a_stage_whose_settings_changed_is_rerun_with_what_depends_on_it(tmp_pat
     assert "done, skipped" in next(line for line in lines if line.startswith("[2/3] cost"))  # cost reads nothing of reward
     assert json.loads((tmp_path / "run" / "reward" / "stage.json").read_text())["settings"]["max_steps"] == 2
     assert json.loads((tmp_path / "run" / "reward.stale" / "stage.json").read_text())["settings"]["max_steps"] == 1
+
+
+def test_every_eval_command_is_a_stage_kind_with_its_config_checked_up_front(tmp_path):
+    from safealign.evaluate.arena import ArenaConfig
+    from safealign.evaluate.length import LengthConfig
+    from safealign.evaluate.preference import PreferenceEvalConfig
+    from safealign.moderation.evaluate import ModerationEvalConfig
+
+    stages = [
+        {"name": "pref", "kind": "eval-preference", "with": {"model": "r", "data": ["d.jsonl"]}},
+        {"name": "mod", "kind": "eval-moderation", "with": {"model": "m", "data": ["d.jsonl"]}},
+        {"name": "arena", "kind": "eval-arena", "with": {"reward": "r", "cost": "c", "prompts": ["p"], "red": "a", "blue": "b"}},
+        {"name": "length", "kind": "eval-length", "with": {"reward": "r", "data": ["d.jsonl"], "unit": "words"}},
+    ]
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "stages": stages}))
+    _, loaded = load_pipeline(path)
+    assert [type(s.config) for s in loaded] == [PreferenceEvalConfig, ModerationEvalConfig, ArenaConfig, LengthConfig]
+    assert loaded[2].config.output_dir == str(tmp_path / "run" / "arena")
+    stages[2]["with"]["blue"] = None  # one policy: not an arena
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "stages": stages}))
+    with pytest.raises(ConfigError, match="stage arena: policy: an arena needs at least two policies"):
+        load_pipeline(path)
