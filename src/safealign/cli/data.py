@@ -101,12 +101,17 @@ def _print_stats(data: dict) -> None:
         overview.add_row(f"{kind} records", str(n))
     for state, n in data["responses"].items():
         overview.add_row(f"{state} responses", str(n))
+    for state, n in data["prompts"].items():
+        overview.add_row(f"{state} prompts", str(n))
     if data["safe_ratio"] is not None:
         overview.add_row("safe ratio", f"{data['safe_ratio']:.3f}")
     if data["dual_preference_pairs"]:
         overview.add_row("better response is the safer one", f"{data['better_is_safer']:.3f} of {data['dual_preference_pairs']} pairs")
         for key, n in data["better_safer"].items():
             overview.add_row(f"  {key}", str(n))
+    if data["pairs_without_helpfulness_order"]:
+        overview.add_row("dual pairs with a safety order only", str(data["pairs_without_helpfulness_order"]))
+    if data["pair_safety"]:
         for key, n in data["pair_safety"].items():
             overview.add_row(f"  pairs {key}", str(n))
     overview.add_row("multi-turn records", str(data["multi_turn_records"]))

@@ -22,7 +22,8 @@ def preference(cfg: Any) -> None:
     from safealign.evaluate.preference import run_preference_eval
 
     report, written = run_preference_eval(cfg)
-    table = Table(title=f"{report.kind} model on {report.pairs} pairs", show_header=False)
+    skipped = f"; {report.skipped_unordered} with no helpfulness order left out" if report.skipped_unordered else ""
+    table = Table(title=f"{report.kind} model on {report.pairs} pairs{skipped}", show_header=False)
     table.add_row("eval/accuracy", f"{report.accuracy:.4f}")
     if report.accuracy_sign is not None:
         table.add_row("eval/accuracy_sign", f"{report.accuracy_sign:.4f}")

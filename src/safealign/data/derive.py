@@ -33,8 +33,11 @@ def pair_to_qa(pair: DualPreferencePair) -> tuple[QARecord, QARecord]:
 def pair_to_preference(pair: DualPreferencePair, basis: PreferenceBasis) -> PreferencePair | None:
     """Chosen = the better (helpfulness), the safer (harmlessness), or both when they agree.
 
-    Returns None for `both` when the better and the safer response differ.
+    Returns None for `both` when the better and the safer response differ, and for
+    `helpfulness` and `both` when the pair has no helpfulness order (`better_response_id` None).
     """
+    if basis in ("helpfulness", "both") and pair.better_response_id is None:
+        return None
     if basis == "helpfulness":
         chosen = pair.better_response_id
     elif basis == "harmlessness":
@@ -60,7 +63,7 @@ def derive(records: Iterable[Record], to: str) -> tuple[list[Record], int]:
     """Apply a derivation (`qa`, `helpfulness`, `harmlessness`, `both`) to the dual-preference pairs.
 
     Returns the derived records and how many pairs gave none (`both` where the two
-    preferences disagree). Records that are not dual-preference pairs raise ValueError.
+    preferences disagree; `helpfulness` and `both` for pairs with no helpfulness order). Records that are not dual-preference pairs raise ValueError.
     """
     if to not in DERIVATIONS:
         raise ValueError(f"unknown derivation {to!r}; use one of {', '.join(DERIVATIONS)}")

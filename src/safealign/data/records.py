@@ -48,7 +48,7 @@ class DualPreferencePair:
     prompt: str
     response_0: str
     response_1: str
-    better_response_id: int
+    better_response_id: int | None  # None: the data has no helpfulness order (e.g. the realign pairs)
     safer_response_id: int
     is_response_0_safe: bool | None = None
     is_response_1_safe: bool | None = None
@@ -128,13 +128,15 @@ class AttributeRecord:
 
 @dataclass(slots=True)
 class PromptRecord:
-    """A prompt for evaluation, optionally with the harm category it probes."""
+    """A prompt for evaluation, optionally with the harm category it probes, or a safety label of its own."""
 
     record_type: ClassVar[str] = "prompt"
 
     prompt: str
     category: str | None = None
     taxonomy: str | None = None
+    is_safe: bool | None = None  # a label of the prompt itself (prompt moderation), when the data has one
+    harm_categories: tuple[str, ...] = ()
     system: str | None = None
     context: tuple[Turn, ...] = ()
     source: str | None = None

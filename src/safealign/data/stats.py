@@ -28,8 +28,10 @@ class DataStats:
     safety: Counter = field(default_factory=Counter)  # "safe" / "unsafe" / "unlabelled" responses
     categories: Counter = field(default_factory=Counter)  # (taxonomy, category) -> unsafe responses
     prompt_categories: Counter = field(default_factory=Counter)  # (taxonomy, category) -> prompts
+    prompt_safety: Counter = field(default_factory=Counter)  # "safe" / "unsafe" labelled prompts
     severity: Counter = field(default_factory=Counter)  # level -> responses (labelled ones only)
     agreement: Counter = field(default_factory=Counter)  # (better_id, safer_id) -> pairs
+    no_helpfulness_order: int = 0  # dual pairs with a safety order only (better_response_id absent)
     pair_safety: Counter = field(default_factory=Counter)  # "both safe" / "one safe" / "both unsafe"
     attributes: dict[str, list[float]] = field(default_factory=lambda: {a: [] for a in ATTRIBUTES})
     attributes_missing: Counter = field(default_factory=Counter)
@@ -63,7 +65,10 @@ def compute_stats(records: Iterable[Record]) -> DataStats:
         st.prompt_words.append(len(r.prompt.split()))
         st.multi_turn += bool(r.context)
         if isinstance(r, DualPreferencePair):
-            st.agreement[(r.better_response_id, r.safer_response_id)] += 1
+            if r.better_response_id is None:
+                st.no_helpfulness_order += 1
+            else:
+                st.agreement[(r.better_response_id, r.safer_response_id)] += 1
             for i in (0, 1):
                 _add_response(st, r.response(i), r.is_safe(i), r.harm_categories(i), r.severity(i), r.taxonomy)
             if r.is_response_0_safe is not None and r.is_response_1_safe is not None:
@@ -82,8 +87,13 @@ def compute_stats(records: Iterable[Record]) -> DataStats:
                     st.attributes_missing[name] += 1
                 else:
                     st.attributes[name].append(value)
-        elif isinstance(r, PromptRecord) and r.category is not None:
-            st.prompt_categories[(r.taxonomy, r.category)] += 1
+        elif isinstance(r, PromptRecord):
+            if r.category is not None:
+                st.prompt_categories[(r.taxonomy, r.category)] += 1
+            if r.is_safe is not None:  # a labelled prompt (prompt moderation data)
+                st.prompt_safety["safe" if r.is_safe else "unsafe"] += 1
+                for category in r.harm_categories:
+                    st.prompt_categories[(r.taxonomy, category)] += 1
     return st
 
 
@@ -123,6 +133,8 @@ def stats_dict(st: DataStats) -> dict:
         "dual_preference_pairs": st.pairs,
         "better_is_safer": st.better_is_safer,
         "better_safer": {f"better={b},safer={s}": n for (b, s), n in sorted(st.agreement.items())},
+        "pairs_without_helpfulness_order": st.no_helpfulness_order,
+        "prompts": dict(st.prompt_safety),
         "pair_safety": dict(st.pair_safety),
         "attributes_mean": {a: (fmean(v) if v else None) for a, v in st.attributes.items() if v or st.attributes_missing[a]},
         "attributes_missing": dict(st.attributes_missing),

@@ -147,14 +147,15 @@ def preference_bias(model: Any, tokenizer: Any, records: list[Record], unit: str
         best = r.better_response_id if isinstance(r, DualPreferencePair) else 0
         for i, text in enumerate(both):
             texts.append(text)
-            preferred.append(i == best)
+            preferred.append(None if best is None else i == best)
             sequences.append(encode_dialogue(tokenizer, dialogue(r), text, max_length))
     rewards = score_texts(model, sequences, tokenizer.pad_token_id, batch_size)
     lengths = [response_length(tokenizer, t, unit) for t in texts]
     label_pairs, model_pairs, reward_ties = [], [], 0
     for k in range(0, len(texts), 2):
-        best = k if preferred[k] else k + 1
-        label_pairs.append((lengths[best], lengths[2 * k + 1 - best]))
+        if preferred[k] is not None:  # a pair with no helpfulness order has no labelled preference to compare
+            best = k if preferred[k] else k + 1
+            label_pairs.append((lengths[best], lengths[2 * k + 1 - best]))
         if rewards[k] == rewards[k + 1]:
             reward_ties += 1  # the reward model prefers neither
             continue
@@ -188,9 +189,14 @@ def write_length_figure(points: dict[str, list], policies: dict[str, list] | Non
 
     fig, axes = plt.subplots(1, 2 if policies else 1, figsize=(11 if policies else 6, 4), squeeze=False)
     ax = axes[0][0]
-    length, reward, preferred = (np.asarray(points[k]) for k in ("length", "reward", "preferred"))
+    length, reward = np.asarray(points["length"]), np.asarray(points["reward"])
+    preferred = np.array([p is True for p in points["preferred"]], dtype=bool)
+    other = np.array([p is False for p in points["preferred"]], dtype=bool)
     ax.scatter(length[preferred], reward[preferred], s=12, alpha=0.7, color="#4f81bd", label="preferred")
-    ax.scatter(length[~preferred], reward[~preferred], s=12, alpha=0.7, color="#c0504d", label="other")
+    ax.scatter(length[other], reward[other], s=12, alpha=0.7, color="#c0504d", label="other")
+    unordered = ~(preferred | other)  # pairs with no helpfulness order
+    if unordered.any():
+        ax.scatter(length[unordered], reward[unordered], s=12, alpha=0.5, color="#9b9b9b", label="no order")
     if len(set(length.tolist())) > 1:
         slope, intercept = np.polyfit(length, reward, 1)  # least-squares line, for the eye only
         grid = np.array([length.min(), length.max()])

@@ -25,6 +25,7 @@ class PreferenceReport:
     accuracy: float  # reward: better scores higher; cost: safer costs lower
     accuracy_sign: float | None  # cost: sign(c) agrees with the is_safe label
     per_category: dict[str, dict[str, float]] = field(default_factory=dict)  # category -> accuracy, pairs
+    skipped_unordered: int = 0  # reward: dual pairs with no helpfulness order, left out
     scores_safe: list[float] = field(default_factory=list)
     scores_unsafe: list[float] = field(default_factory=list)
 
@@ -42,15 +43,18 @@ def evaluate_preference(model: Any, tokenizer: Any, records: list[Record], max_l
     if kind not in ("reward", "cost"):
         raise DataError(f"eval preference needs a reward or cost model, got a {kind!r} model")
     pairs = [r for r in records if isinstance(r, (DualPreferencePair, PreferencePair))]
+    unordered = sum(_target(r, kind) is None for r in pairs)
+    pairs = [r for r in pairs if _target(r, kind) is not None]  # a reward model cannot be scored on safety-only pairs
     if not pairs:
-        raise DataError("no preference pairs in the data")
+        raise DataError(f"no preference pairs in the data with a {'helpfulness' if kind == 'reward' else 'safety'} order"
+                        + (f" ({unordered} pair(s) without one)" if unordered else ""))
     sequences = []
     for r in pairs:
         turns = dialogue(r)
         first, second = (r.response_0, r.response_1) if isinstance(r, DualPreferencePair) else (r.chosen, r.rejected)
         sequences += [encode_dialogue(tokenizer, turns, first, max_length), encode_dialogue(tokenizer, turns, second, max_length)]
     scores = score_texts(model, sequences, tokenizer.pad_token_id, batch_size)
-    report = PreferenceReport(kind, len(pairs), 0.0, None)
+    report = PreferenceReport(kind, len(pairs), 0.0, None, skipped_unordered=unordered)
     correct_total = 0
     signs_ok = signs_n = 0
     by_category: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -77,7 +81,7 @@ def evaluate_preference(model: Any, tokenizer: Any, records: list[Record], max_l
     return report
 
 
-def _target(r: Record, kind: str) -> int:
+def _target(r: Record, kind: str) -> int | None:
     if isinstance(r, DualPreferencePair):
         return r.better_response_id if kind == "reward" else r.safer_response_id
     return 0  # single preferences: `chosen` (response 0 here) is the better / safer one

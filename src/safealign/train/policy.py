@@ -29,10 +29,14 @@ IGNORE = -100  # label of a token that no loss reads (prompt and padding)
 
 
 def chosen_response_id(pair: DualPreferencePair, basis: PreferenceBasis) -> int | None:
-    """The preferred response of a dual pair: the better, the safer, or both when they agree (else None)."""
+    """The preferred response of a dual pair: the better, the safer, or both when they agree.
+
+    None when there is none: `both` and the two disagree, or a helpfulness basis on a pair with no
+    helpfulness order (`better_response_id` None); callers skip such pairs and count them.
+    """
     if basis == "harmlessness":
         return pair.safer_response_id
-    if basis == "both" and pair.better_response_id != pair.safer_response_id:
+    if pair.better_response_id is None or (basis == "both" and pair.better_response_id != pair.safer_response_id):
         return None
     return pair.better_response_id
 

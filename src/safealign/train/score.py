@@ -89,7 +89,11 @@ def train_score_model(cfg: ScoreTrainConfig, kind: Kind) -> dict[str, float]:
 def _pair_examples(records: list[Record], kind: str, tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
     """Pairs as (first, second) token ids where the first must score higher (reward) or lower (cost)."""
     examples = []
+    unordered = 0
     for r in records:
+        if isinstance(r, DualPreferencePair) and kind == "reward" and r.better_response_id is None:
+            unordered += 1  # no helpfulness order (e.g. realign pairs): a reward model has nothing to learn from it
+            continue
         if isinstance(r, DualPreferencePair):
             first = r.better_response_id if kind == "reward" else r.safer_response_id
             pair = pair_to_preference(r, "helpfulness" if kind == "reward" else "harmlessness")
@@ -103,6 +107,11 @@ def _pair_examples(records: list[Record], kind: str, tokenizer: Any, max_length:
         a = encode_dialogue(tokenizer, turns, pair.chosen, max_length)
         b = encode_dialogue(tokenizer, turns, pair.rejected, max_length)
         examples.append({"a": a, "b": b, "sign_a": signs[0], "sign_b": signs[1], "categories": cats, "length": max(len(a), len(b))})
+    if unordered:
+        print(f"reward model: skipped {unordered} of {len(records)} pair(s) with no helpfulness order "
+              f"(better_response_id absent), kept {len(examples)}", flush=True)
+    if not examples:
+        raise DataError(f"no pair to train a {kind} model on: {unordered} pair(s) have no helpfulness order")
     return examples
 
 

@@ -13,6 +13,9 @@ from safealign.data.taxonomy import BEAVERTAILS, BEAVERTAILS_CATEGORIES
 QA_FIELDS = frozenset({"prompt", "response", "category", "is_safe"})
 CSV_FIELDS = frozenset({"prompt", "response", "category"})
 EVAL_FIELDS = frozenset({"prompt", "category", "category_id"})
+PROMPT_LABEL_FIELDS = frozenset({"text", "label", "category"})
+PROMPT_LABEL_OPTIONAL = frozenset({"source"})
+LABELS = {"safe": True, "harmful": False}
 
 
 def parse_qa(row: dict[str, Any], textual: bool) -> QARecord:
@@ -52,3 +55,29 @@ def parse_evaluation(row: dict[str, Any], textual: bool) -> PromptRecord:
             "category_id", f"{category_id} does not match category {category!r} (id {BEAVERTAILS_CATEGORIES.index(category)})"
         )
     return PromptRecord(prompt=f.text(row, "prompt"), category=category, taxonomy=BEAVERTAILS)
+
+
+def parse_prompt_label(row: dict[str, Any], textual: bool) -> PromptRecord:
+    """A BeaverTails prompt with its label (`harmful` / `safe`) and 14-key category dict.
+
+    The dict may come as a Python-literal string (`"{'animal_abuse': False, ...}"`); it is read
+    with `ast.literal_eval`, which evaluates literals only. `safe` must mean no category flagged.
+    """
+    import ast
+
+    value = row["category"]
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            raise RecordError("category", "not a literal dict of category: true/false") from None
+    categories = f.category_flags({"category": value}, "category", BEAVERTAILS_CATEGORIES)
+    label = f.text(row, "label")
+    if label not in LABELS:
+        raise RecordError("label", f"must be one of {', '.join(LABELS)}, got {label!r}")
+    is_safe = LABELS[label]
+    if is_safe == bool(categories):
+        detail = f"flags {categories[0]!r}" if categories else "flags no category"
+        raise RecordError("label", f"inconsistent safety labels: label is {label} but the record {detail}")
+    return PromptRecord(prompt=f.text(row, "text"), taxonomy=BEAVERTAILS, is_safe=is_safe, harm_categories=categories,
+                        source=f.optional_text(row, "source"))

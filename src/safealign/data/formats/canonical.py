@@ -11,6 +11,7 @@ from safealign.data.records import (
     ATTRIBUTES,
     RECORD_TYPES,
     DualPreferencePair,
+    PromptRecord,
     QARecord,
     Record,
     Turn,
@@ -20,7 +21,7 @@ from safealign.data.taxonomy import TAXONOMIES
 
 _REQUIRED = {
     "qa": ("prompt", "response"),
-    "dual_preference": ("prompt", "response_0", "response_1", "better_response_id", "safer_response_id"),
+    "dual_preference": ("prompt", "response_0", "response_1", "better_response_id", "safer_response_id"),  # better: null for none
     "preference": ("prompt", "chosen", "rejected"),
     "attribute": ("prompt", "response"),
     "prompt": ("prompt",),
@@ -63,6 +64,8 @@ def _value(row: dict[str, Any], name: str, textual: bool, taxonomy: str | None) 
         return f.text(row, name, allow_empty=True)
     if name in _BOOLS:
         return f.optional_boolean(row, name, textual)
+    if name == "better_response_id":  # null: no helpfulness order
+        return None if row[name] is None else f.response_id(row, name, textual)
     if name in _IDS:
         return f.response_id(row, name, textual)
     if name in _LEVELS:
@@ -126,6 +129,8 @@ def _meta(value: Any) -> dict[str, Any] | None:
 def _check_labels(record: Record) -> None:
     if isinstance(record, QARecord):
         f.check_safety("is_safe", record.is_safe, record.harm_categories, record.severity)
+    elif isinstance(record, PromptRecord):
+        f.check_safety("is_safe", record.is_safe, record.harm_categories, None)
     elif isinstance(record, DualPreferencePair):
         f.check_distinct("response_1", record.response_0, record.response_1)
         for i in (0, 1):

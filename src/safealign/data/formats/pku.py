@@ -1,4 +1,4 @@
-"""PKU-SafeRLHF adapters: v1 (16 fields), v0 (no categories) and the QA variant."""
+"""PKU-SafeRLHF adapters: v1 (16 fields), v0 (no categories), the QA variant, the realign pairs and single-dimension."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from safealign.data.errors import RecordError
 from safealign.data.formats import fields as f
-from safealign.data.records import DualPreferencePair, QARecord
+from safealign.data.records import DualPreferencePair, PreferencePair, QARecord
 from safealign.data.taxonomy import PKU_CATEGORIES, PKU_SAFERLHF
 
 V0_FIELDS = frozenset(
@@ -107,3 +107,51 @@ def _check_sha256(row: dict[str, Any], name: str, content: str, what: str) -> No
     expected = f.text(row, name)
     if sha256(content.encode("utf-8")).hexdigest() != expected.lower():
         raise RecordError(name, f"does not match sha256({what}); the text was changed after hashing")
+
+
+REALIGN_FIELDS = frozenset({"prompt", "response"})
+SINGLE_DIMENSION_FIELDS = frozenset({
+    "prompt", "response_0", "response_1", "prompt_source", "response_0_source", "response_1_source",
+    "better_response_id", "response_0_sha256", "response_1_sha256",
+})
+
+
+def is_realign(row: dict[str, Any]) -> bool:
+    """A realign row: exactly prompt and a list `response` (a plain prompt-response row has a string)."""
+    return row.keys() == REALIGN_FIELDS and isinstance(row.get("response"), list)
+
+
+def parse_realign(row: dict[str, Any], textual: bool) -> DualPreferencePair:
+    """A PKU-SafeRLHF realign pair `{prompt, response: [safer, less_safe]}`: response 0 labelled safe, 1 unsafe.
+
+    The pairs were kept because their two responses differ in safety label, ordered by
+    `safer_response_id`; they carry no helpfulness order, so `better_response_id` is None
+    (reward models skip such pairs, and count them).
+    """
+    f.check_fields(row, REALIGN_FIELDS, REALIGN_FIELDS)
+    prompt = f.text(row, "prompt")
+    value = row["response"]
+    if type(value) is not list or len(value) != 2:
+        raise RecordError("response", f"expected a list of two responses [safer, less safe], got {_count(value)}")
+    responses = tuple(f.text({f"response[{i}]": v}, f"response[{i}]", allow_empty=True) for i, v in enumerate(value))
+    f.check_distinct("response", *responses)
+    return DualPreferencePair(
+        prompt=prompt, response_0=responses[0], response_1=responses[1], better_response_id=None, safer_response_id=0,
+        is_response_0_safe=True, is_response_1_safe=False,
+    )
+
+
+def parse_single_dimension(row: dict[str, Any], textual: bool) -> PreferencePair:
+    """A PKU-SafeRLHF-single-dimension pair: one preference that trades helpfulness against harmlessness."""
+    prompt = f.text(row, "prompt")
+    responses = (f.text(row, "response_0", allow_empty=True), f.text(row, "response_1", allow_empty=True))
+    for i, response in enumerate(responses):
+        _check_sha256(row, f"response_{i}_sha256", prompt + response, f"prompt + response_{i}")
+    f.check_distinct("response_1", *responses)
+    better = f.response_id(row, "better_response_id", textual)
+    return PreferencePair(prompt=prompt, chosen=responses[better], rejected=responses[1 - better],
+                          source=f.optional_text(row, f"response_{better}_source"))
+
+
+def _count(value: Any) -> str:
+    return f"a list of {len(value)}" if type(value) is list else type(value).__name__
