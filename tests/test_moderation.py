@@ -151,3 +151,23 @@ def test_guard_cli(moderator_dir, tmp_path):
     assert "3 prompts: flagged before the guard" in proc.stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 3 and all(1 <= len(r["rounds"]) <= 3 for r in rows)
+
+
+def test_threshold_rules_by_hand():
+    from safealign.moderation.metrics import tune_threshold
+
+    # 8 unsafe (1) and 2 safe (0), sorted by p: the safe ones score 0.9 and 0.3.
+    probs = [0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
+    labels = [1, 0, 1, 1, 1, 1, 1, 1, 0, 1]
+    # Plain F1 keeps everything: cut below 0.2 gives tp 8, fp 2 -> F1 = 16/18 = 0.889 (the best).
+    assert tune_threshold(probs, labels, "f1") == pytest.approx(0.2)
+    # Youden J = tp/8 - fp/2: after 0.4 (tp 7, fp 1) J = 0.375, the best (after 0.95: 0.125; after 0.2: 0),
+    # so the cut is (0.4 + 0.3) / 2.
+    assert tune_threshold(probs, labels, "youden") == pytest.approx(0.35)
+    # balanced-f1 weighs a safe response as 8/2 = 4: after 0.4: 2·7 / (7 + 4·1 + 8) = 14/19 = 0.737;
+    # after 0.2: 16 / (8 + 8 + 8) = 0.667; after 0.5 (tp 6, fp 1): 12/18 = 0.667. So 0.35 again.
+    assert tune_threshold(probs, labels, "balanced-f1") == pytest.approx(0.35)
+    assert tune_threshold(probs, labels, "fixed") == 0.5
+    assert tune_threshold(probs, [1] * 10, "youden") == 0.5  # one class only: no rule can tune
+    with pytest.raises(ValueError, match="unknown threshold rule"):
+        tune_threshold(probs, labels, "median")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 
@@ -48,6 +49,48 @@ def best_f1_threshold(probs: Sequence[float], labels: Sequence[float]) -> tuple[
         f1 = 2 * tp / (tp + fp + positives)
         best = max(best, (f1, -abs(cut - 0.5), cut))
     return best[2], best[0]
+
+
+THRESHOLD_RULES = ("youden", "balanced-f1", "f1", "fixed")
+
+
+def tune_threshold(probs: Sequence[float], labels: Sequence[float], rule: str) -> float:
+    """The decision threshold on p(unsafe) that `rule` picks on validation data.
+
+    - youden: max TPR − FPR (Youden's J, the same as max balanced accuracy): a class share
+      that differs between validation and use does not move it;
+    - balanced-f1: max F1 with the safe responses weighted by (unsafe / safe), as if the two
+      classes were equally common;
+    - f1: max plain F1 (on unsafe-majority data it drifts low and flags nearly everything);
+    - fixed: 0.5.
+    Candidates are midpoints between neighbouring distinct probabilities; ties go to the one
+    closest to 0.5. No positive or no negative example: 0.5.
+    """
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"unknown threshold rule {rule!r}; use one of {', '.join(THRESHOLD_RULES)}")
+    positives = sum(1 for y in labels if y)
+    negatives = len(labels) - positives
+    if rule == "fixed" or not probs or positives == 0 or negatives == 0:
+        return 0.5
+    if rule == "f1":
+        return best_f1_threshold(probs, labels)[0]
+    weight = positives / negatives  # balanced-f1: a safe response counts as this many
+    pairs = sorted(zip(probs, labels), reverse=True)
+    best = (-math.inf, 0.0, 0.5)
+    tp = fp = 0
+    for i, (p, y) in enumerate(pairs):
+        tp += bool(y)
+        fp += not y
+        nxt = pairs[i + 1][0] if i + 1 < len(pairs) else None
+        if nxt is not None and nxt == p:
+            continue
+        cut = p if nxt is None else (p + nxt) / 2
+        if rule == "youden":
+            value = tp / positives - fp / negatives
+        else:
+            value = 2 * tp / (tp + weight * fp + positives)
+        best = max(best, (value, -abs(cut - 0.5), cut))
+    return best[2]
 
 
 def expected_calibration_error(probs: Sequence[float], labels: Sequence[float], bins: int = 10) -> float:

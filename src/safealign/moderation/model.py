@@ -54,6 +54,7 @@ class ModerationMeta:
     taxonomy: str
     threshold: float = 0.5
     max_length: int = 256
+    threshold_rule: str = "f1"  # how `threshold` was tuned (folders saved before the rules existed: best F1)
 
 
 def output_size(num_categories: int) -> int:

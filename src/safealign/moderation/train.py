@@ -17,7 +17,7 @@ from safealign.data.errors import DataError
 from safealign.data.records import DualPreferencePair, QARecord, Record, dialogue
 from safealign.data.taxonomy import TAXONOMIES, get_taxonomy
 from safealign.losses import moderation_loss
-from safealign.moderation.metrics import best_f1_threshold, binary_scores
+from safealign.moderation.metrics import binary_scores, tune_threshold
 from safealign.moderation.model import (
     SEVERITIES,
     ModerationMeta,
@@ -44,6 +44,9 @@ class ModerationConfig(ModelTrainConfig):
     """Harm taxonomy of the category head: pku-saferlhf (19) or beavertails (14)."""
     balance_classes: bool = True
     """Weight the rare class of each label by its inverse frequency."""
+    threshold_rule: Literal["youden", "balanced-f1", "f1", "fixed"] = "youden"
+    """How the decision threshold on p(unsafe) is tuned on the evaluation split: youden (max TPR − FPR, robust to
+    a skewed split), balanced-f1 (F1 with the classes weighted equal), f1 (plain best F1) or fixed (0.5)."""
 
     def validate(self) -> None:
         """Check settings once, early."""
@@ -118,9 +121,10 @@ def train_moderator(cfg: ModerationConfig) -> dict[str, float]:
         moderator = to_moderator(model)
         if eval_examples:
             probs = torch.sigmoid(moderator.logits([dialogue(r) for r in eval_qa], [r.response for r in eval_qa])[:, 0])
-            moderator.meta.threshold, _ = best_f1_threshold(probs.tolist(), [e["unsafe"] for e in eval_examples])
+            moderator.meta.threshold = tune_threshold(probs.tolist(), [e["unsafe"] for e in eval_examples], cfg.threshold_rule)
+        moderator.meta.threshold_rule = cfg.threshold_rule if eval_examples else "fixed"
         moderator.save(folder)
-        print(f"decision threshold (best F1 on evaluation data): {moderator.meta.threshold:.3f}", flush=True)
+        print(f"decision threshold ({moderator.meta.threshold_rule} on evaluation data): {moderator.meta.threshold:.3f}", flush=True)
 
     task = Task(model=model, train_examples=train_examples, eval_examples=eval_examples,
                 lengths=[_length(e["x"]) for e in train_examples], collate=collate, loss=loss,
