@@ -144,13 +144,56 @@ def test_guard_rounds_and_refusal(tmp_path):
 
 def test_guard_cli(moderator_dir, tmp_path):
     policy = tiny_llama(tmp_path / "policy")
-    out = tmp_path / "guarded.jsonl"
+    out = tmp_path / "guarded"
     proc = run_cli("guard", "--policy", str(policy), "--moderator", str(moderator_dir), "--prompts",
-                   str(DATA / "beavertails/evaluation_700.json"), "--limit", "3", "--max-new-tokens", "5", "--out", str(out))
+                   str(DATA / "beavertails/evaluation_700.json"), "--limit", "3", "--max-new-tokens", "5", "--rounds", "3",
+                   "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "3 prompts: flagged before the guard" in proc.stdout
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 3 and all(1 <= len(r["rounds"]) <= 3 for r in rows)
+    assert "guard on 3 prompts" in proc.stdout and "refusal rate" in proc.stdout
+    rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(1 <= len(r["rounds"]) <= 3 and r["prompt_verdict"] is None for r in rows)
+    metrics = json.loads((out / "metrics.json").read_text())["prompts"]
+    assert metrics["unsafe_rate"]["output_guard"] == 0.0  # under its own judge, a guarded answer is never flagged
+    assert metrics["refusal_rate"]["output_guard"] == sum(r["refused"] for r in rows) / 3
+
+
+class _Flags:
+    """A stand-in moderator that flags the given (prompt, answer) texts; prompts by their text alone."""
+
+    def __init__(self, prompts=(), answers=()) -> None:
+        self.prompts, self.answers = set(prompts), set(answers)
+
+    def predict(self, dialogues, responses, batch_size=32):
+        return [Verdict(r in self.answers, float(r in self.answers), {}, {}, 0, [0.0] * 4) for r in responses]
+
+    def predict_prompts(self, dialogues, batch_size=32):
+        return [Verdict(d[-1]["content"] in self.prompts, 0.0, {}, {}, 0, [0.0] * 4) for d in dialogues]
+
+
+def test_prompt_level_refusal_and_the_summary_by_hand(tmp_path):
+    from safealign.inference.generate import load_generator
+    from safealign.moderation.guard import guard_summary
+
+    policy, tokenizer = load_generator(str(tiny_llama(tmp_path / "policy")))
+    dialogues = [[{"role": "user", "content": t}] for t in ("a", "b", "c", "d")]
+    plain = Guard(policy, tokenizer, _Flags(), max_rounds=2)(dialogues)
+    first = [g.rounds[0][0] for g in plain]  # greedy-free but seeded: the same first answers in every guard below
+    # the response moderator flags prompt b's and c's first answers; the prompt moderator flags "c" and "d"
+    response_guard = _Flags(answers={first[1], first[2]})
+    guard = Guard(policy, tokenizer, response_guard, max_rounds=2, refusal="No.", prompt_moderator=_Flags(prompts={"c", "d"}),
+                  prompt_refusal="Not that.")
+    served = guard(dialogues)
+    assert [g.answer == "Not that." for g in served] == [False, False, True, True]
+    assert [len(g.rounds) for g in served] == [1, 2, 0, 0]  # refused prompts are never answered
+    measured = guard(dialogues, answer_refused=True)
+    assert [len(g.rounds) for g in measured] == [1, 2, 2, 1] and [g.answer for g in measured][2:] == ["Not that."] * 2
+    judge = _Flags(answers={first[1], first[2], first[3]})  # an independent judge: also flags d's answer
+    summary = guard_summary(dialogues, measured, judge)
+    # no guard: b, c, d unsafe (3/4); output guard: b and c resampled (their second answers pass the judge), d's
+    # answer passes the response moderator but not the judge: 1/4; both levels: c and d refused, b resampled: 0.
+    assert summary["unsafe_rate"] == {"no_guard": 0.75, "output_guard": 0.25, "both": 0.0}
+    assert summary["refusal_rate"] == {"no_guard": 0.0, "output_guard": 0.0, "both": 0.5}
+    assert summary["prompt_flagged"] == 0.5
 
 
 def test_threshold_rules_by_hand():
@@ -171,3 +214,20 @@ def test_threshold_rules_by_hand():
     assert tune_threshold(probs, [1] * 10, "youden") == 0.5  # one class only: no rule can tune
     with pytest.raises(ValueError, match="unknown threshold rule"):
         tune_threshold(probs, labels, "median")
+
+
+def test_labelled_prompts_train_a_prompt_moderator_and_do_not_mix_with_responses():
+    from safealign.data.errors import DataError
+    from safealign.data.records import PromptRecord
+    from safealign.moderation.train import judges, qa_records
+
+    prompts = [PromptRecord("hurt a cat", taxonomy="beavertails", is_safe=False, harm_categories=("animal_abuse",)),
+               PromptRecord("hello", taxonomy="beavertails", is_safe=True)]
+    qa = qa_records(prompts)
+    assert [(q.prompt, q.response, q.is_safe, q.harm_categories) for q in qa] == [
+        ("hurt a cat", "", False, ("animal_abuse",)), ("hello", "", True, ())]
+    assert judges(prompts) == "prompt" and judges([QARecord("p", "r", True)]) == "response"
+    with pytest.raises(DataError, match="labelled prompts and responses in one moderator"):
+        qa_records([*prompts, QARecord("p", "r", True)])
+    with pytest.raises(DataError, match="without a safety label"):
+        qa_records([PromptRecord("unlabelled")])

@@ -10,16 +10,29 @@ from safealign.cli.common import config_command, console, quiet_transformers
 
 
 def guard(cfg: Any) -> None:
-    """Generate, moderate and regenerate flagged answers; report flagged before and after."""
+    """The prompt moderator first (refuse), then the answer (regenerate up to N rounds, then refuse): unsafe and refusal rates each way."""
+    from rich.table import Table
+
     from safealign.moderation.guard import run_guard
 
     quiet_transformers()
-    done = run_guard(cfg)
-    console.print(f"{done['prompts']} prompts: flagged before the guard {done['flagged_before']}, after {done['flagged_after']} "
-                  f"({done['refused']} answered with the refusal); wrote {done['out']}")
+    metrics = run_guard(cfg)
+    levels = ["no_guard", "output_guard"] + (["both"] if cfg.prompt_moderator else [])
+    for name, title in (("prompts", "prompts"), ("safe_prompts", "safe prompts (over-refusal)")):
+        if name not in metrics:
+            continue
+        block = metrics[name]
+        table = Table(title=f"guard on {block['prompts']} {title}; judge {metrics['judge']}")
+        table.add_column("")
+        for level in levels:
+            table.add_column(level.replace("_", " "), justify="right")
+        table.add_row("unsafe rate", *(f"{block['unsafe_rate'][k]:.3f}" for k in levels))
+        table.add_row("refusal rate", *(f"{block['refusal_rate'][k]:.3f}" for k in levels))
+        console.print(table)
+    console.print(f"wrote {cfg.out}/answers.jsonl and {cfg.out}/metrics.json")
 
 
 def register(app: typer.Typer) -> None:
     """Add the command to the top-level app."""
     config_command(app, "guard", "safealign.moderation.guard:GuardConfig", guard,
-                   "Generate, moderate and regenerate flagged answers; report flagged before and after.")
+                   "A multi-level guard: refuse flagged prompts, regenerate flagged answers (up to 5 rounds), then refuse.")

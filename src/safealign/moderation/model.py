@@ -55,6 +55,7 @@ class ModerationMeta:
     threshold: float = 0.5
     max_length: int = 256
     threshold_rule: str = "f1"  # how `threshold` was tuned (folders saved before the rules existed: best F1)
+    judges: str = "response"  # response: (dialogue, answer) pairs; prompt: the user's request alone (an input guard)
 
 
 def output_size(num_categories: int) -> int:
@@ -156,6 +157,10 @@ class Moderator:
         if not responses:
             return []
         return decode(self.logits(dialogues, responses, batch_size), self.taxonomy.categories, self.meta.threshold)
+
+    def predict_prompts(self, dialogues: list[list[dict[str, str]]], batch_size: int = 32) -> list[Verdict]:
+        """One verdict per request (a prompt moderator reads the dialogue with an empty answer, as it was trained)."""
+        return self.predict(dialogues, [""] * len(dialogues), batch_size)
 
     def save(self, folder: str | Path) -> Path:
         """Write the folder: moderation_config.json, heads (embedding) or score-model files (finetune)."""

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from safealign.config import ConfigError
 from safealign.data.derive import pair_to_qa
 from safealign.data.errors import DataError
-from safealign.data.records import DualPreferencePair, QARecord, Record, dialogue
+from safealign.data.records import DualPreferencePair, PromptRecord, QARecord, Record, dialogue
 from safealign.data.taxonomy import TAXONOMIES, get_taxonomy
 from safealign.losses import moderation_loss
 from safealign.moderation.metrics import binary_scores, tune_threshold
@@ -56,17 +56,38 @@ class ModerationConfig(ModelTrainConfig):
 
 
 def qa_records(records: list[Record]) -> list[QARecord]:
-    """QA records for moderation: pairs split into their two responses; only safety-labelled ones."""
+    """QA records for moderation: pairs split into their two responses; only safety-labelled ones.
+
+    Labelled prompts (a prompt moderator's data) become QA records with an empty response:
+    the prompt moderator reads the request alone, as `Moderator.predict_prompts` asks it.
+    Prompts and responses do not mix in one moderator.
+    """
     out: list[QARecord] = []
+    prompts = responses = 0
     for r in records:
         if isinstance(r, DualPreferencePair):
             out.extend(q for q in pair_to_qa(r) if q.is_safe is not None)
+            responses += 1
         elif isinstance(r, QARecord):
             if r.is_safe is not None:
                 out.append(r)
+            responses += 1
+        elif isinstance(r, PromptRecord) and r.is_safe is not None:
+            out.append(QARecord(prompt=r.prompt, response="", is_safe=r.is_safe, harm_categories=r.harm_categories,
+                                taxonomy=r.taxonomy, system=r.system, context=r.context, source=r.source, origin=r.origin))
+            prompts += 1
         else:
-            raise DataError(f"{r.origin}: a moderator trains on QA records or dual-preference pairs, not {r.record_type}")
+            raise DataError(f"{r.origin}: a moderator trains on QA records, dual-preference pairs or labelled prompts, "
+                            f"not {r.record_type} records" + (" without a safety label" if isinstance(r, PromptRecord) else ""))
+        if prompts and responses:
+            raise DataError(f"{r.origin}: labelled prompts and responses in one moderator; train a prompt moderator "
+                            "and a response moderator apart")
     return out
+
+
+def judges(records: list[Record]) -> str:
+    """`prompt` when the training records are labelled prompts (a prompt moderator), else `response`."""
+    return "prompt" if records and all(isinstance(r, PromptRecord) for r in records) else "response"
 
 
 def labels(record: QARecord, taxonomy: str) -> dict[str, Any]:
@@ -91,7 +112,7 @@ def train_moderator(cfg: ModerationConfig) -> dict[str, float]:
     if not train_qa:
         raise DataError("no safety-labelled responses in the training data")
     n_cat = len(get_taxonomy(cfg.taxonomy))
-    meta = ModerationMeta(cfg.backend, cfg.model, cfg.taxonomy, 0.5, cfg.max_length)
+    meta = ModerationMeta(cfg.backend, cfg.model, cfg.taxonomy, 0.5, cfg.max_length, judges=judges(train_raw))
     model, encode, collate, to_moderator = _backend(cfg, meta, output_size(n_cat))
     train_examples = [{**labels(r, cfg.taxonomy), "x": x} for r, x in zip(train_qa, encode(train_qa))]
     eval_examples = [{**labels(r, cfg.taxonomy), "x": x} for r, x in zip(eval_qa, encode(eval_qa))]
