@@ -58,8 +58,9 @@ def test_a_reward_model_skips_pairs_without_a_helpfulness_order_and_says_so(tmp_
     assert len(_pair_examples(pairs, "reward", tokenizer, 64)) == 1
     assert "skipped 1 of 2 pair(s) with no helpfulness order" in capsys.readouterr().out
     assert len(_pair_examples(pairs, "cost", tokenizer, 64)) == 2  # the safety order is there for a cost model
-    with pytest.raises(DataError, match="no pair to train a reward model on"):
+    with pytest.raises(DataError, match="no pair to train a reward model on: all 1 pair"):
         _pair_examples(pairs[:1], "reward", tokenizer, 64)
+    assert _pair_examples([], "reward", tokenizer, 64) == []  # an empty evaluation split is not an error
 
 
 def test_beavertails_prompt_labels_parse_the_category_literal_safely(tmp_path):

@@ -110,8 +110,8 @@ def _pair_examples(records: list[Record], kind: str, tokenizer: Any, max_length:
     if unordered:
         print(f"reward model: skipped {unordered} of {len(records)} pair(s) with no helpfulness order "
               f"(better_response_id absent), kept {len(examples)}", flush=True)
-    if not examples:
-        raise DataError(f"no pair to train a {kind} model on: {unordered} pair(s) have no helpfulness order")
+    if unordered and not examples:
+        raise DataError(f"no pair to train a {kind} model on: all {unordered} pair(s) have no helpfulness order")
     return examples
 
 
