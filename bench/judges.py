@@ -162,7 +162,9 @@ def bench_prompt(args: argparse.Namespace, root: Path, scratch: Path) -> dict[st
     from safealign.moderation.metrics import binary_scores
 
     records = load(str(root / PROMPTS)).records
-    train, held_out = split_train_validation(records, 0.2, args.seed)  # by prompt
+    # By prompt; another seed than the moderator's own validation split inside the training share:
+    # the same seed would hash every remaining prompt above the smaller share and leave it empty.
+    train, held_out = split_train_validation(records, 0.2, args.seed + 1)
     train_file, test_file = scratch / "prompts_train.jsonl", scratch / "prompts_test.jsonl"
     write_records(train, train_file)
     write_records(held_out, test_file)
