@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def binary_scores(probs: Sequence[float], labels: Sequence[float], threshold: float) -> dict[str, float]:
@@ -36,19 +36,7 @@ def best_f1_threshold(probs: Sequence[float], labels: Sequence[float]) -> tuple[
     positives = sum(1 for y in labels if y)
     if not probs or positives == 0:
         return 0.5, 0.0
-    pairs = sorted(zip(probs, labels), reverse=True)
-    best = (-1.0, 0.0, 0.5)  # (f1, -distance to 0.5, threshold)
-    tp = fp = 0
-    for i, (p, y) in enumerate(pairs):
-        tp += bool(y)
-        fp += not y
-        nxt = pairs[i + 1][0] if i + 1 < len(pairs) else None
-        if nxt is not None and nxt == p:
-            continue  # a threshold cannot split equal probabilities
-        cut = p if nxt is None else (p + nxt) / 2
-        f1 = 2 * tp / (tp + fp + positives)
-        best = max(best, (f1, -abs(cut - 0.5), cut))
-    return best[2], best[0]
+    return _sweep(probs, labels, lambda tp, fp: 2 * tp / (tp + fp + positives))
 
 
 THRESHOLD_RULES = ("youden", "balanced-f1", "f1", "fixed")
@@ -74,23 +62,26 @@ def tune_threshold(probs: Sequence[float], labels: Sequence[float], rule: str) -
         return 0.5
     if rule == "f1":
         return best_f1_threshold(probs, labels)[0]
+    if rule == "youden":
+        return _sweep(probs, labels, lambda tp, fp: tp / positives - fp / negatives)[0]
     weight = positives / negatives  # balanced-f1: a safe response counts as this many
+    return _sweep(probs, labels, lambda tp, fp: 2 * tp / (tp + weight * fp + positives))[0]
+
+
+def _sweep(probs: Sequence[float], labels: Sequence[float], value: Callable[[int, int], float]) -> tuple[float, float]:
+    """(threshold, its value) maximising value(tp, fp) over cuts between distinct sorted probabilities; ties nearest 0.5."""
     pairs = sorted(zip(probs, labels), reverse=True)
-    best = (-math.inf, 0.0, 0.5)
+    best = (-math.inf, 0.0, 0.5)  # (value, -distance to 0.5, threshold)
     tp = fp = 0
     for i, (p, y) in enumerate(pairs):
         tp += bool(y)
         fp += not y
         nxt = pairs[i + 1][0] if i + 1 < len(pairs) else None
         if nxt is not None and nxt == p:
-            continue
+            continue  # a threshold cannot split equal probabilities
         cut = p if nxt is None else (p + nxt) / 2
-        if rule == "youden":
-            value = tp / positives - fp / negatives
-        else:
-            value = 2 * tp / (tp + weight * fp + positives)
-        best = max(best, (value, -abs(cut - 0.5), cut))
-    return best[2]
+        best = max(best, (value(tp, fp), -abs(cut - 0.5), cut))
+    return best[2], best[0]
 
 
 def expected_calibration_error(probs: Sequence[float], labels: Sequence[float], bins: int = 10) -> float:
