@@ -76,8 +76,8 @@ class RowSampler(LogitsProcessor):
     top_k: int
     seeds: Sequence[int]
     record: bool = False
-    log_probs: list[Tensor] = field(default_factory=list)
-    _generators: list[torch.Generator] = field(default_factory=list)
+    log_probs: list[Tensor] = field(default_factory=list, init=False, repr=False)
+    _generators: list[torch.Generator] = field(default_factory=list, init=False, repr=False)
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         logits = scores.float() / self.temperature  # size = (B, V)

@@ -52,7 +52,7 @@ from safealign.train.loop import (
 from safealign.train.logger import MetricsLogger
 from safealign.train.policy import load_policy, save_policy
 from safealign.train.rollout import Scorer, critic_values, shaped_rewards
-from safealign.train.sharded import check_rl_engine, generation_model
+from safealign.train.sharded import check_rl_engine
 
 Algorithm = Literal["ppo", "ppo-lag", "ppo-shaping"]
 
@@ -330,8 +330,9 @@ def _rl_step(cfg: PPOConfig, algorithm: Algorithm, m: _Models, acc: Any, actor_o
     for critic in (m.reward_critic, m.cost_critic):
         if critic is not None:
             critic.eval()
-    with generation_model(acc, m.actor) as actor:  # whole parameters under ZeRO-3 (see train/sharded.py)
-        rollout = sample(actor, m.tokenizer, prompt_ids.to(acc.device), prompt_mask.to(acc.device), settings, seeds)
+    # generate on the unwrapped module (DDP's wrapper has none; FSDP2's hooks gather): see train/sharded.py
+    rollout = sample(acc.unwrap_model(m.actor), m.tokenizer, prompt_ids.to(acc.device), prompt_mask.to(acc.device),
+                     settings, seeds)
     mask = rollout.response_mask.float()  # size = (B, T)
     with torch.no_grad():  # forwards through the prepared models: the engines gather shards in them
         old_logp, entropy = token_log_probs(m.actor, rollout, with_entropy=True, temperature=cfg.temperature)

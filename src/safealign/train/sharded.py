@@ -19,8 +19,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from safealign.train.loop import TrainingError
@@ -54,9 +52,3 @@ def check_rl_engine(acc: Any) -> str:
                           "parameters to generate under ZeRO-3); shard with FSDP2 instead: "
                           "accelerate launch --config_file configs/scale/accelerate_fsdp.yaml")
     return name
-
-
-@contextmanager
-def generation_model(acc: Any, model: Any) -> Iterator[Any]:
-    """The module to call `generate` on: the unwrapped one (DDP has no `generate`; FSDP2's hooks gather in forward)."""
-    yield acc.unwrap_model(model)
