@@ -42,7 +42,7 @@ def test_stats_table_json_and_plots(data_dir, tmp_path):
     assert (tmp_path / "plots" / "harm_categories.png").is_file()
     js = run_cli("data", "stats", str(data_dir / "beavertails/evaluation_700.json"), "--json", check=True)
     data = json.loads(js.stdout)
-    assert data["records"] == {"prompt": 700} and data["load"] == {"read": 700, "kept": 700, "rejected": 0}
+    assert data["records"] == {"prompt": 700} and data["load"] == {"read": 700, "kept": 700, "rejected": 0, "other_side": 0}
     assert data["prompt_categories"]["beavertails:self_harm"] == 50
 
 

@@ -139,6 +139,22 @@ def test_split_is_deterministic_and_grouped_by_prompt(data_dir):
     assert not {r.prompt for r in train} & {r.prompt for r in val}
 
 
+def test_side_specs_split_a_file_by_prompt_and_account_for_the_rest(data_dir):
+    path = str(data_dir / "beavertails/unsafe_qa_140.csv")
+    spec = parse_spec(f"{path}%test=0.25:0.5")
+    assert (spec.location, spec.side, spec.share, spec.proportion) == (path, "test", 0.25, 0.5)
+    test, train = load(f"{path}%test=0.25"), load(f"{path}%train=0.25")
+    assert len(test.records) + len(train.records) == 140 and 15 <= len(test.records) <= 55
+    assert not {r.prompt for r in test.records} & {r.prompt for r in train.records}
+    for part in (test, train):  # nothing lost: what the split leaves out is counted apart from rejections
+        assert part.report.read == 140 == part.report.kept + part.report.rejected + part.report.other_side
+    # the split's salt is its own: a validation split inside one side is not empty
+    inner_train, inner_val = split_train_validation(train.records, 0.25, seed=0)
+    assert inner_val and inner_train
+    with pytest.raises(DataError, match="held-out share must be between 0 and 1"):
+        parse_spec("data.jsonl%test=0.0")
+
+
 def test_hub_path_goes_through_the_datasets_library(tmp_path, data_dir, monkeypatch):
     # A local dataset folder is read by datasets.load_dataset, the same call a hub id makes.
     folder = tmp_path / "my_dataset"
@@ -214,3 +230,23 @@ def test_gzip_csv_with_bad_bytes_and_foreign_parquet(tmp_path):
     hs = load(str(tmp_path / "helpsteer.parquet"))
     assert hs.report.formats[str(tmp_path / "helpsteer.parquet")] == "helpsteer" and hs.report.duplicates == 2
     assert hs.records[0].attributes() == (3.0, 2.0, 4.0, 1.0, 0.0)
+
+
+def test_training_prompts_leave_out_the_evaluation_prompts(tmp_path, data_dir):
+    from safealign.data.load import prompt_key, without_prompts
+    from safealign.train.ppo import PPOConfig, training_prompts
+
+    assert prompt_key("  How do I\n make  Bread? ") == prompt_key("how do i make bread?")
+    evaluation = str(data_dir / "beavertails/evaluation_700.json")
+    records = load(evaluation).records
+    mixed = tmp_path / "mixed.jsonl"  # 3 evaluation prompts (one re-spaced and upper-cased) and 2 others
+    rows = [{"record_type": "prompt", "prompt": p} for p in
+            [records[0].prompt, "  " + records[1].prompt.upper(), records[2].prompt, "Name a river.", "Spell cat."]]
+    mixed.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    kept, dropped = without_prompts(load(str(mixed)).records, records)
+    assert dropped == 3 and [r.prompt for r in kept] == ["Name a river.", "Spell cat."]
+    cfg = PPOConfig(actor="a", reward_model="r", prompts=[str(mixed)], exclude_prompts=[evaluation], max_steps=1)
+    assert training_prompts(cfg, verbose=False) == [[{"role": "user", "content": "Name a river."}],
+                                                    [{"role": "user", "content": "Spell cat."}]]
+    with pytest.raises(DataError, match="every prompt is also in exclude_prompts"):
+        training_prompts(PPOConfig(actor="a", reward_model="r", prompts=[evaluation], exclude_prompts=[evaluation], max_steps=1))

@@ -49,7 +49,7 @@ def _print_counts(loaded: Loaded) -> None:
     formats = ", ".join(sorted(set(report.formats.values()))) or "?"
     console.print(
         f"format: {formats} | read {report.read} | kept {report.kept} | rejected {report.rejected} "
-        f"| duplicates {report.duplicates}"
+        f"| duplicates {report.duplicates}" + (f" | other side of the split {report.other_side}" if report.other_side else "")
     )
     for reason, n in list(report.reasons().items())[:10]:
         console.print(f"  rejected {n:>6}  {reason}")
@@ -85,7 +85,8 @@ def stats(
     st = compute_stats(loaded.records)
     data = stats_dict(st)
     if as_json:
-        data["load"] = {"read": loaded.report.read, "kept": loaded.report.kept, "rejected": loaded.report.rejected}
+        data["load"] = {"read": loaded.report.read, "kept": loaded.report.kept, "rejected": loaded.report.rejected,
+                        "other_side": loaded.report.other_side}
         print(json.dumps(data, indent=2))
     else:
         _print_counts(loaded)

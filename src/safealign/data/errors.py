@@ -79,12 +79,17 @@ def printable(text: str) -> str:
 
 @dataclass(slots=True)
 class LoadReport:
-    """How many records were read, kept and rejected; read == kept + rejected always."""
+    """How many records were read, kept and rejected; read == kept + rejected + other_side always.
+
+    `other_side`: valid records on the other side of a `%train=` / `%test=` split (not
+    rejected, only not asked for); 0 for a whole source.
+    """
 
     read: int = 0
     kept: int = 0
     rejections: list[Rejection] = field(default_factory=list)
     duplicates: int = 0  # duplicates found (rejected only when de-duplicating)
+    other_side: int = 0
     formats: dict[str, str] = field(default_factory=dict)  # location -> format name
 
     @property
@@ -98,6 +103,7 @@ class LoadReport:
         self.kept += other.kept
         self.rejections.extend(other.rejections)
         self.duplicates += other.duplicates
+        self.other_side += other.other_side
         self.formats.update(other.formats)
 
     def reasons(self) -> dict[str, int]:

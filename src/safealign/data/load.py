@@ -1,14 +1,18 @@
 """Load canonical records from files, hub datasets and mixtures of them, with full accounting.
 
-A source spec is `PATH_OR_NAME[@REVISION][#SPLIT][:PROPORTION]`:
+A source spec is `PATH_OR_NAME[@REVISION][#SPLIT][%SIDE=SHARE][:PROPORTION]`:
 - a local `.jsonl`, `.json`, `.csv` (each optionally `.gz`) or `.parquet` file;
 - a local dataset folder or a hub dataset id, read through `datasets.load_dataset`
   (pin `@REVISION` for hub ids: the upstream data has changed under users before);
+- `%test=SHARE` keeps the held-out side of a fixed split by prompt (a hash of the dialogue:
+  about SHARE of the records), `%train=SHARE` the rest; the two never share a prompt, so a
+  pipeline can train on one side of a file and evaluate on the other;
 - `:PROPORTION` takes that share of the source's kept records (seeded; above 1 repeats).
 
 Strict by default: the first bad record raises `DataError` naming file, line, field and
 reason. With `strict=False` every bad line becomes a `Rejection` (raw text kept) and the
-load goes on; `read == kept + rejected` holds for every source and for the whole load.
+load goes on; `read == kept + rejected` holds for every source and for the whole load (plus
+`other_side`, the valid records a `%SIDE=` split leaves out).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from safealign.data.io import RowSource, iter_rows, local_kind
 from safealign.data.records import Record, content_key, to_dict
 
 _PROPORTION = re.compile(r"^(?P<body>.+):(?P<p>\d+(?:\.\d*)?|\.\d+)$")
+_SIDE = re.compile(r"^(?P<body>.+)%(?P<side>train|test)=(?P<share>0?\.\d+)$")
+HOLDOUT_SALT = "holdout"  # the `%test=` split's own salt: independent of every seeded validation split
 _UNPINNED_WARNED: set[str] = set()
 
 
@@ -38,21 +44,29 @@ class SourceSpec:
     proportion: float = 1.0
     revision: str | None = None
     split: str | None = None
+    side: str | None = None  # "train" or "test" of the split by prompt with `share` held out
+    share: float = 0.0
 
 
 def parse_spec(spec: str) -> SourceSpec:
-    """Parse `PATH_OR_NAME[@REVISION][#SPLIT][:PROPORTION]`; an existing path is taken whole."""
+    """Parse `PATH_OR_NAME[@REVISION][#SPLIT][%SIDE=SHARE][:PROPORTION]`; an existing path is taken whole."""
     body, proportion = spec, 1.0
     match = _PROPORTION.match(spec)
     if match and not Path(spec).exists():
         body, proportion = match["body"], float(match["p"])
         if proportion <= 0:
             raise DataError(f"{spec}: proportion must be above 0")
+    side, share = None, 0.0
+    match = _SIDE.match(body)
+    if match and not Path(body).exists():
+        body, side, share = match["body"], match["side"], float(match["share"])
+        if not 0 < share < 1:
+            raise DataError(f"{spec}: the held-out share must be between 0 and 1")
     if Path(body).exists():
-        return SourceSpec(body, proportion)
+        return SourceSpec(body, proportion, side=side, share=share)
     body, _, split = body.partition("#")
     location, _, revision = body.partition("@")
-    return SourceSpec(location, proportion, revision or None, split or None)
+    return SourceSpec(location, proportion, revision or None, split or None, side, share)
 
 
 def row_source(spec: SourceSpec) -> RowSource:
@@ -134,6 +148,11 @@ def load(
     for text in specs:
         spec = parse_spec(text)
         records, report = read_source(spec, format_name, strict)
+        if spec.side is not None:
+            train, test = _split_by_prompt(records, spec.share, HOLDOUT_SALT)
+            records = test if spec.side == "test" else train
+            report.kept = len(records)
+            report.other_side = report.read - report.rejected - len(records)
         records = _mark_duplicates(records, report, seen, dedupe)
         parts.append((spec, records, report))
         total.merge(report)
@@ -182,14 +201,30 @@ def split_train_validation(records: Iterable[Record], validation: float, seed: i
     """Deterministic split by a seeded hash of the dialogue, so one prompt never sits on both sides."""
     if not 0 <= validation < 1:
         raise ValueError(f"validation share must be in [0, 1), got {validation}")
+    return _split_by_prompt(records, validation, str(seed))
+
+
+def _split_by_prompt(records: Iterable[Record], share: float, salt_text: str) -> tuple[list[Record], list[Record]]:
     train: list[Record] = []
     held_out: list[Record] = []
-    salt = f"{seed}\x00".encode()
+    salt = f"{salt_text}\x00".encode()
     for record in records:
         key = json.dumps([record.system, record.context, record.prompt], ensure_ascii=False).encode()
-        share = int.from_bytes(hashlib.blake2b(salt + key, digest_size=8).digest(), "big") / 2**64
-        (held_out if share < validation else train).append(record)
+        value = int.from_bytes(hashlib.blake2b(salt + key, digest_size=8).digest(), "big") / 2**64
+        (held_out if value < share else train).append(record)
     return train, held_out
+
+
+def prompt_key(prompt: str) -> str:
+    """A prompt as compared across files: case-folded, whitespace collapsed."""
+    return " ".join(prompt.split()).casefold()
+
+
+def without_prompts(records: list[Record], others: Iterable[Record]) -> tuple[list[Record], int]:
+    """`records` without any whose prompt another set has (case and spacing aside), and how many were dropped."""
+    taken = {prompt_key(r.prompt) for r in others}
+    kept = [r for r in records if prompt_key(r.prompt) not in taken]
+    return kept, len(records) - len(kept)
 
 
 def write_rejects(rejections: Iterable[Rejection], path: str | Path) -> int:

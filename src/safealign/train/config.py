@@ -138,7 +138,8 @@ def load_records(cfg: ModelTrainConfig) -> tuple[list[Record], list[Record]]:
 
     loaded = load(cfg.data, cfg.format, strict=not cfg.skip_invalid, seed=cfg.seed)
     report = loaded.report
-    print(f"data: read {report.read} | kept {report.kept} | rejected {report.rejected}", flush=True)
+    other = f" | other side of the split {report.other_side}" if report.other_side else ""
+    print(f"data: read {report.read} | kept {report.kept} | rejected {report.rejected}{other}", flush=True)
     if cfg.eval_data:
         return loaded.records, load(cfg.eval_data, cfg.format, strict=not cfg.skip_invalid).records
     return split_train_validation(loaded.records, cfg.validation_split, cfg.seed)
