@@ -48,10 +48,16 @@ def test_pipeline_runs_skips_finished_stages_and_reports(tmp_path):
     assert (run / "policy" / "curves.png").is_file() and (run / "unsafe_before_after.png").is_file()
     marker = json.loads((run / "policy" / "stage.json").read_text())
     assert marker["kind"] == "ppo-lag" and "train/lambda" in marker["metrics"]
+    summary = json.loads((run / "summary.json").read_text())  # the first safety evaluation against the last
+    assert (summary["before"], summary["after"], summary["prompts"]) == ("safety-before", "safety-after", 14)
+    assert set(summary["unsafe_rate"]) == {"before", "after", "relative_change"} and summary["kl_to_reference"]["step"] == 2
+    assert "Example answers" in page and "Summary" in page
+    assert "moderator unsafe rate, 14 held-out prompts, safety-before -> safety-after" in first.stdout
     (run / "report" / "stage.json").unlink()  # the report is redone, everything else is skipped
     second = run_cli("run", str(path))
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("done, skipped") == 6
+    assert "KL to the reference (policy, step 2)" in second.stdout  # the figures are printed at the end of every run
 
 
 def test_pipeline_file_errors_name_the_stage(tmp_path):
@@ -64,18 +70,38 @@ def test_pipeline_file_errors_name_the_stage(tmp_path):
         load_pipeline(bad)
 
 
-def test_shipped_demo_pipeline_checks():
+@pytest.mark.parametrize("name, overrides", [
+    ("demo_pipeline.yaml", {}),
+    ("demo_data_root.yaml", {"data_root": "/any/data/root"}),
+    ("safe_rlhf_hub.yaml", {"pku_saferlhf_revision": "a" * 40, "beavertails_revision": "b" * 40,
+                            "beavertails_evaluation_revision": "c" * 40}),
+])
+def test_shipped_pipelines_check(name, overrides):
     from pathlib import Path
 
-    from safealign.config import config_from_mapping
-    from safealign.pipeline import _kinds, _resolve
+    run_dir, stages = load_pipeline(Path(__file__).parents[1] / "configs" / name, overrides)  # every config built and validated
+    kinds = {s.name: s.kind for s in stages}
+    assert list(kinds.values())[-1] == "report" and "ppo-lag" in kinds.values()
+    assert kinds["cost"] == "train-cost" and kinds["moderation"] == "train-moderation"
+    evals = [s for s in stages if s.kind == "eval-safety"]
+    assert len(evals) == 2 and evals[0].config.prompts == evals[1].config.prompts
+    policy = next(s for s in stages if s.kind == "ppo-lag").config
+    if name != "demo_pipeline.yaml":  # the larger pipelines: PPO never trains on an evaluation prompt
+        assert set(evals[0].config.prompts) <= set(policy.exclude_prompts)
+        assert "eval-arena" in kinds.values()
+    if name == "demo_data_root.yaml":
+        assert kinds["prompt-moderation"] == "train-moderation" and evals[0].config.per_category >= 8
+        assert all(p.startswith("/any/data/root/") for p in policy.prompts + evals[0].config.safe_prompts)
+        # the safe prompts are the held-out side of the file whose other side trains the prompt moderator
+        prompt_data = next(s for s in stages if s.name == "prompt-moderation").config.data
+        assert [p.replace("%train=", "%test=") for p in prompt_data] == evals[0].config.safe_prompts
 
-    run_dir, stages = load_pipeline(Path(__file__).parents[1] / "configs" / "demo_pipeline.yaml")
-    kinds = _kinds()
-    assert [s.kind for s in stages][-1] == "report" and "ppo-lag" in [s.kind for s in stages]
-    for stage in stages:
-        if stage.kind != "report":
-            config_from_mapping(kinds[stage.kind][0], {**_resolve(stage.settings, run_dir), "output_dir": str(run_dir / stage.name)})
+
+def test_the_hub_pipeline_runs_only_on_pinned_revisions():
+    from pathlib import Path
+
+    with pytest.raises(ConfigError, match="pku_saferlhf_revision.*required"):
+        load_pipeline(Path(__file__).parents[1] / "configs" / "safe_rlhf_hub.yaml")
 
 
 def _two_stages(tmp_path, policy, reward_steps: int, typo: bool = False) -> object:
@@ -126,19 +152,54 @@ def test_every_eval_command_is_a_stage_kind_with_its_config_checked_up_front(tmp
     from safealign.evaluate.length import LengthConfig
     from safealign.evaluate.preference import PreferenceEvalConfig
     from safealign.moderation.evaluate import ModerationEvalConfig
+    from safealign.moderation.guard import GuardConfig
 
     stages = [
         {"name": "pref", "kind": "eval-preference", "with": {"model": "r", "data": ["d.jsonl"]}},
         {"name": "mod", "kind": "eval-moderation", "with": {"model": "m", "data": ["d.jsonl"]}},
         {"name": "arena", "kind": "eval-arena", "with": {"reward": "r", "cost": "c", "prompts": ["p"], "red": "a", "blue": "b"}},
         {"name": "length", "kind": "eval-length", "with": {"reward": "r", "data": ["d.jsonl"], "unit": "words"}},
+        {"name": "guard", "kind": "guard", "with": {"policy": "p", "moderator": "m", "prompts": ["p"], "safe_prompts": ["s"]}},
     ]
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "stages": stages}))
     _, loaded = load_pipeline(path)
-    assert [type(s.config) for s in loaded] == [PreferenceEvalConfig, ModerationEvalConfig, ArenaConfig, LengthConfig]
+    assert [type(s.config) for s in loaded] == [PreferenceEvalConfig, ModerationEvalConfig, ArenaConfig, LengthConfig, GuardConfig]
+    assert loaded[4].config.output_dir == str(tmp_path / "run" / "guard")
     assert loaded[2].config.output_dir == str(tmp_path / "run" / "arena")
     stages[2]["with"]["blue"] = None  # one policy: not an arena
     path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "stages": stages}))
     with pytest.raises(ConfigError, match="stage arena: policy: an arena needs at least two policies"):
         load_pipeline(path)
+
+
+def test_variables_are_declared_substituted_overridden_and_recorded(tmp_path):
+    from safealign.pipeline import _write_copy
+
+    stages = [{"name": "pref", "kind": "eval-preference", "with": {"model": "${root}/r", "data": ["${root}/d.jsonl%test=0.2"]}},
+              {"name": "length", "kind": "eval-length", "with": {"reward": "@pref/sub/file.txt", "data": ["d.jsonl"]}},
+              {"name": "arena", "kind": "eval-arena", "with": {"policy": ["base=b", "tuned=@pref"], "reward": "r", "cost": "c",
+                                                               "prompts": ["p"]}}]
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"vars": {"root": "data"}, "run_dir": "${root}/run", "stages": stages}))
+    run_dir, loaded = load_pipeline(path)
+    assert run_dir.as_posix() == "data/run" and loaded[0].config.data == ["data/d.jsonl%test=0.2"]
+    assert loaded[1].config.reward == "data/run/pref/sub/file.txt"  # "@stage/PATH": a file in that stage's folder
+    assert loaded[2].config.policy == ["base=b", "tuned=data/run/pref/model"]  # "LABEL=@stage" for an arena's policies
+    run_dir, loaded = load_pipeline(path, {"root": "/elsewhere"})
+    assert loaded[0].config.model == "/elsewhere/r" and run_dir.as_posix() == "/elsewhere/run"
+    _write_copy(path, tmp_path / "copy.yaml", {"root": "/elsewhere"})
+    assert load_pipeline(tmp_path / "copy.yaml")[1][0].config.model == "/elsewhere/r"  # the copy runs as the run did
+    with pytest.raises(ConfigError, match=r"--set rooot: the pipeline declares no such variable \(it declares: root\)"):
+        load_pipeline(path, {"rooot": "x"})
+    stages[0]["with"]["model"] = "${nope}/r"
+    path.write_text(yaml.safe_dump({"vars": {"root": "data"}, "run_dir": "runs", "stages": stages}))
+    with pytest.raises(ConfigError, match=r"stage pref: model: \$\{nope\}: not declared under vars"):
+        load_pipeline(path)
+    stages[0]["with"]["model"] = "org/model@${revision}"
+    path.write_text(yaml.safe_dump({"vars": {"root": "data", "revision": None}, "run_dir": "runs", "stages": stages}))
+    with pytest.raises(ConfigError, match=r"\$\{revision\}: required, it has no default \(--set revision=VALUE\)"):
+        load_pipeline(path)
+    assert load_pipeline(path, {"revision": "abc123"})[1][0].config.model == "org/model@abc123"
+    proc = run_cli("run", str(path), "--set", "novalue")
+    assert proc.returncode == 2 and "--set novalue: expected NAME=VALUE" in proc.stderr

@@ -18,13 +18,22 @@ A re-run skips a finished stage whose hash is unchanged; one whose settings chan
 whose inputs did, is re-run, and says which fields changed (its old folder is kept as
 `<name>.stale/`). An interrupted training stage resumes from its own checkpoints. A value
 `"@name"` refers to the model a previous stage produced (`run_dir/<name>/model`); `"@name/"`
-to its folder.
+to its folder, `"@name/PATH"` to a file in it; `"LABEL=@name"` (an arena's named policy) to
+`LABEL=` and that model folder.
+
+Variables: a top-level `vars:` mapping declares names with defaults, and `${name}` in
+`run_dir` or in any string of a stage's `with:` is replaced by the value
+(`safealign run PIPELINE --set name=value` overrides a default; a variable declared `null`
+has none and must be set). An undeclared or unset `${name}`, or a `--set` of a name the
+file does not declare, is an error naming it. The run folder's
+copy of the pipeline records the values used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -37,6 +46,8 @@ import yaml
 from safealign.config import ConfigError, config_from_mapping, to_dict
 
 MARKER = "stage.json"
+_VARIABLE = re.compile(r"\$\{([^}]*)\}")
+_LABELLED = re.compile(r"^(?P<label>[^=@/]+=)?(?P<ref>@.+)$")  # "@stage[/PATH]" or "LABEL=@stage[/PATH]"
 
 
 def _kinds() -> dict[str, tuple[type, Callable[[Any], dict[str, Any]]]]:
@@ -46,6 +57,7 @@ def _kinds() -> dict[str, tuple[type, Callable[[Any], dict[str, Any]]]]:
     from safealign.evaluate.preference import PreferenceEvalConfig, run_preference_eval
     from safealign.evaluate.safety import SafetyEvalConfig, run_safety_eval
     from safealign.moderation.evaluate import ModerationEvalConfig, run_moderation_eval
+    from safealign.moderation.guard import GuardConfig, run_guard
     from safealign.moderation.train import ModerationConfig, train_moderator
     from safealign.train.dpo import DPOConfig, train_dpo
     from safealign.train.ppo import PPOConfig, train_ppo
@@ -67,11 +79,12 @@ def _kinds() -> dict[str, tuple[type, Callable[[Any], dict[str, Any]]]]:
         "eval-moderation": (ModerationEvalConfig, lambda c: run_moderation_eval(c)["judges"]),
         "eval-arena": (ArenaConfig, lambda c: run_arena(c)[0]),
         "eval-length": (LengthConfig, lambda c: run_length(c)[0]),
+        "guard": (GuardConfig, run_guard),
     }
 
 
 STAGE_KINDS = ("train-reward", "train-cost", "train-attributes", "train-moderation", "sft", "dpo", "ppo", "ppo-lag",
-               "ppo-shaping", "eval-safety", "eval-preference", "eval-moderation", "eval-arena", "eval-length", "report")
+               "ppo-shaping", "eval-safety", "eval-preference", "eval-moderation", "eval-arena", "eval-length", "guard", "report")
 
 
 @dataclass
@@ -86,15 +99,55 @@ class Stage:
     digest: str = ""  # hash of `resolved` and of the digests of the stages it refers to
 
 
-def load_pipeline(path: str | Path) -> tuple[Path, list[Stage]]:
-    """The run folder and the stages of a pipeline file, every stage's config checked up front."""
+def read_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> dict[str, Any]:
+    """The pipeline file as a mapping, its `vars` set (defaults, then `overrides`) and substituted."""
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     if not isinstance(raw, dict) or "stages" not in raw:
         raise ConfigError(f"{path}: expected run_dir and a list of stages")
-    run_dir = Path(raw.get("run_dir", "runs/pipeline"))
+    declared = raw.get("vars") or {}
+    if not isinstance(declared, dict) or not all(v is None or isinstance(v, (str, int, float)) for v in declared.values()):
+        raise ConfigError(f"{path}: vars: expected a mapping of names to strings, numbers or null (required)")
+    variables: dict[str, str | None] = {str(k): None if v is None else str(v) for k, v in declared.items()}
+    for name, value in (overrides or {}).items():
+        if name not in variables:
+            known = ", ".join(sorted(variables)) or "none"
+            raise ConfigError(f"{path}: --set {name}: the pipeline declares no such variable (it declares: {known})")
+        variables[name] = value
+    raw["vars"] = variables
+    raw["run_dir"] = _substitute(raw.get("run_dir", "runs/pipeline"), variables, f"{path}: run_dir")
+    if isinstance(raw["stages"], list):
+        for i, item in enumerate(raw["stages"]):
+            if isinstance(item, dict) and item.get("with"):
+                item["with"] = _substitute(item["with"], variables, f"{path}: stage {item.get('name', i)}")
+    return raw
+
+
+def _substitute(value: Any, variables: dict[str, str | None], where: str) -> Any:
+    """`${name}` replaced by its value in every string of `value`."""
+    if isinstance(value, str):
+        def one(match: re.Match[str]) -> str:
+            if match[1] not in variables:
+                raise ConfigError(f"{where}: ${{{match[1]}}}: not declared under vars")
+            found = variables[match[1]]
+            if found is None:
+                raise ConfigError(f"{where}: ${{{match[1]}}}: required, it has no default (--set {match[1]}=VALUE)")
+            return found
+
+        return _VARIABLE.sub(one, value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables, f"{where}: {k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, variables, where) for v in value]
+    return value
+
+
+def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> tuple[Path, list[Stage]]:
+    """The run folder and the stages of a pipeline file, every stage's config checked up front."""
+    raw = read_pipeline(path, overrides)
+    run_dir = Path(raw["run_dir"])
     stages: list[Stage] = []
     for i, item in enumerate(raw["stages"]):
         where = f"{path}: stages[{i}]"
@@ -132,8 +185,9 @@ def _build_configs(stages: list[Stage], run_dir: Path, path: str | Path) -> None
 
 
 def _references(stage: Stage) -> set[str]:
-    """The earlier stages this one reads (`@name`)."""
-    return {value[1:].rstrip("/") for value in _strings(stage.settings) if value.startswith("@")}
+    """The earlier stages this one reads (`@name`, `@name/`, `@name/PATH`, `LABEL=@name`)."""
+    refs = (_LABELLED.match(value) for value in _strings(stage.settings))
+    return {m["ref"][1:].partition("/")[0] for m in refs if m}
 
 
 def changed_fields(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
@@ -159,10 +213,11 @@ def _strings(value: Any) -> list[str]:
 
 
 def _resolve(value: Any, run_dir: Path) -> Any:
-    """Replace "@stage" by that stage's model folder and "@stage/" by its folder."""
-    if isinstance(value, str) and value.startswith("@"):
-        name = value[1:]
-        return str(run_dir / name.rstrip("/")) if name.endswith("/") else str(run_dir / name / "model")
+    """Replace "@stage" by that stage's model folder, "@stage/" by its folder and "@stage/PATH" by a file in it."""
+    match = _LABELLED.match(value) if isinstance(value, str) else None
+    if match:
+        name, slash, rest = match["ref"][1:].partition("/")
+        return (match["label"] or "") + (str(run_dir / name / rest) if slash else str(run_dir / name / "model"))
     if isinstance(value, dict):
         return {k: _resolve(v, run_dir) for k, v in value.items()}
     if isinstance(value, list):
@@ -170,11 +225,11 @@ def _resolve(value: Any, run_dir: Path) -> Any:
     return value
 
 
-def run_pipeline(path: str | Path, log: Callable[[str], None] = print) -> Path:
+def run_pipeline(path: str | Path, log: Callable[[str], None] = print, overrides: dict[str, str] | None = None) -> Path:
     """Run every unfinished stage in order; returns the run folder."""
-    run_dir, stages = load_pipeline(path)  # every stage's config checked before anything runs
+    run_dir, stages = load_pipeline(path, overrides)  # every stage's config checked before anything runs
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "pipeline.yaml").write_text(Path(path).read_text(encoding="utf-8"))
+    _write_copy(path, run_dir / "pipeline.yaml", overrides)
     kinds = _kinds()
     for index, stage in enumerate(stages, 1):
         out = run_dir / stage.name
@@ -184,9 +239,11 @@ def run_pipeline(path: str | Path, log: Callable[[str], None] = print) -> Path:
         log(f"{head} ({stage.kind}) ...")
         started = time.perf_counter()
         if stage.kind == "report":
-            from safealign.report import write_report
+            from safealign.report import run_summary, write_report
 
-            metrics: dict[str, Any] = {"report": str(write_report(run_dir, [(s.name, s.kind) for s in stages]))}
+            names = [(s.name, s.kind) for s in stages]
+            metrics: dict[str, Any] = {"report": str(write_report(run_dir, names))}
+            metrics["summary"] = run_summary(run_dir, names)
         else:
             metrics = kinds[stage.kind][1](stage.config) or {}
         out.mkdir(parents=True, exist_ok=True)
@@ -195,7 +252,21 @@ def run_pipeline(path: str | Path, log: Callable[[str], None] = print) -> Path:
                   "settings": stage.resolved}
         (out / MARKER).write_text(json.dumps(marker, indent=2, default=str))
         log(f"{head}: finished in {seconds:.0f} s")
+    if any(stage.kind == "report" for stage in stages):
+        from safealign.report import run_summary, summary_lines
+
+        for line in summary_lines(run_summary(run_dir, [(s.name, s.kind) for s in stages])):
+            log(line)
     return run_dir
+
+
+def _write_copy(path: str | Path, target: Path, overrides: dict[str, str] | None) -> None:
+    """The pipeline as run: the file's text, or with variables its mapping with the values used substituted."""
+    raw = read_pipeline(path, overrides)
+    if raw["vars"]:
+        target.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    else:
+        target.write_text(Path(path).read_text(encoding="utf-8"), encoding="utf-8")
 
 
 def _still_valid(stage: Stage, out: Path, head: str, log: Callable[[str], None]) -> bool:
