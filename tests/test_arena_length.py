@@ -211,6 +211,34 @@ def test_arena_cli(models, tmp_path):
     assert (out / "arena.png").stat().st_size > 0
 
 
+def test_arena_enters_a_policy_behind_the_guard(models, tmp_path):
+    from tiny import tiny_bert
+
+    from safealign.config import build_config
+    from safealign.moderation.guard import DEFAULT_REFUSAL
+    from safealign.moderation.train import ModerationConfig, train_moderator
+
+    cfg = build_config(ModerationConfig, None, ["--model", str(tiny_bert(tmp_path / "encoder")), "--data", str(DATA / "pku_saferlhf/v1_test_sample.jsonl"),
+                                                "--output_dir", str(tmp_path / "mod"), "--max_steps", "1", "--num_threads", "1"])
+    train_moderator(cfg)
+    meta_path = tmp_path / "mod" / "model" / "moderation_config.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "threshold": 0.0}))  # flags every answer: the guard must refuse all
+    out = tmp_path / "arena"
+    proc = run_cli("eval", "arena", "--red", str(models["p0"]), "--blue", str(models["p1"]), "--guard", "red",
+                   "--guard-moderator", str(tmp_path / "mod" / "model"), "--guard-rounds", "2", "--prompts", PROMPTS,
+                   "--limit", "3", "--max-new-tokens", "4", "--reward", str(models["reward"]), "--cost", str(models["cost"]),
+                   "--bootstrap", "0", "--threads", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["policies"]) == ["red", "blue", "red+guard"] and len(metrics["pairs"]) == 3
+    rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert all(r["answers"]["red+guard"]["response"] == DEFAULT_REFUSAL for r in rows)
+    proc = run_cli("eval", "arena", "--red", str(models["p0"]), "--blue", str(models["p1"]), "--guard", "green",
+                   "--guard-moderator", "m", "--prompts", PROMPTS, "--reward", "r", "--cost", "c")
+    assert proc.returncode != 0 and "guard: green: not a policy of this arena (policies: red, blue)" in proc.stderr
+
+
 def test_length_cli(models, tmp_path):
     out = tmp_path / "length"
     proc = run_cli("eval", "length", "--reward", str(models["reward"]), "--data", PAIRS, "--before", str(models["p0"]),

@@ -29,10 +29,11 @@ def guard(cfg: Any) -> None:
         table.add_row("unsafe rate", *(f"{block['unsafe_rate'][k]:.3f}" for k in levels))
         table.add_row("refusal rate", *(f"{block['refusal_rate'][k]:.3f}" for k in levels))
         console.print(table)
-    console.print(f"wrote {cfg.out}/answers.jsonl and {cfg.out}/metrics.json")
+    console.print(f"wrote {cfg.output_dir}/answers.jsonl and {cfg.output_dir}/metrics.json")
 
 
 def register(app: typer.Typer) -> None:
     """Add the command to the top-level app."""
     config_command(app, "guard", "safealign.moderation.guard:GuardConfig", guard,
-                   "A multi-level guard: refuse flagged prompts, regenerate flagged answers (up to 5 rounds), then refuse.")
+                   "A multi-level guard: refuse flagged prompts, regenerate flagged answers (up to 5 rounds), then refuse.",
+                   aliases={"out": "output_dir"})

@@ -183,6 +183,23 @@ def answer_prompts(policy: str, records: list[Record], settings: Any, batch_size
     return answers
 
 
+def guarded_answers(policy: str, records: list[Record], cfg: ArenaConfig) -> list[str]:
+    """One final answer per record from `policy` behind the guard of `cfg` (refusals included)."""
+    from safealign.inference.generate import load_generator
+    from safealign.moderation.guard import Guard
+    from safealign.moderation.model import Moderator
+
+    model, tokenizer = load_generator(policy, device=cfg.device)
+    device = next(model.parameters()).device
+    moderator = Moderator.load(cfg.guard_moderator).to(device)
+    prompt_moderator = Moderator.load(cfg.guard_prompt_moderator).to(device) if cfg.guard_prompt_moderator else None
+    guard = Guard(model, tokenizer, moderator, cfg.guard_rounds, sampling=cfg.sampling(), batch_size=cfg.batch_size,
+                  prompt_moderator=prompt_moderator)
+    answers = [g.answer for g in guard([dialogue(r) for r in records])]
+    del model, guard
+    return answers
+
+
 def load_scorer(folder: str, kind: str, device: str = "cpu") -> tuple[Any, Any]:
     """A score model on `device` and its tokenizer; refuses a model of another kind (a swapped sign would go unnoticed)."""
     from safealign.models.loading import resolve_device
@@ -286,18 +303,34 @@ class ArenaConfig(SamplingSettings):
     """torch CPU threads (default: torch's own choice)."""
     device: str = "auto"
     """auto (the GPU when there is one), cpu, cuda, cuda:N or mps."""
+    guard: list[str] = field(default_factory=list)
+    """Names of policies to enter a second time behind the multi-level guard, as NAME+guard; one per flag."""
+    guard_moderator: str | None = None
+    """The guard's response moderator (needed with guard)."""
+    guard_prompt_moderator: str | None = None
+    """The guard's prompt moderator (optional: without it only answers are guarded)."""
+    guard_rounds: int = 5
+    """Answers per prompt at most before the guard's refusal."""
 
     def validate(self) -> None:
         """Check settings once, early (the policy list too)."""
         self.validate_sampling()
-        at_least_one(self, "limit", "batch_size", "max_length", "threads")
+        at_least_one(self, "limit", "batch_size", "max_length", "threads", "guard_rounds")
         validate_device(self.device)
         if self.bootstrap < 0 or self.tie_eps < 0 or self.prior < 0:
             raise ConfigError("bootstrap, tie_eps, prior: must not be negative")
         try:
-            self.policies()
+            policies = self.policies()
         except DataError as exc:
             raise ConfigError(str(exc)) from None
+        if self.guard:
+            unknown = [name for name in self.guard if name not in policies]
+            if unknown:
+                raise ConfigError(f"guard: {', '.join(unknown)}: not a policy of this arena (policies: {', '.join(policies)})")
+            if not self.guard_moderator:
+                raise ConfigError("guard_moderator: required when guard names a policy")
+            if self.guard_rounds > 1 and self.temperature == 0:
+                raise ConfigError("temperature: 0 (greedy) gives the guard the same answer every round; set it above 0 or guard_rounds: 1")
 
     def policies(self) -> dict[str, str]:
         """NAME -> model, from policy, red and blue; names are unique and there are at least two."""
@@ -333,6 +366,9 @@ def run_arena(cfg: ArenaConfig) -> tuple[dict[str, Any], list[Path]]:
         raise DataError("no prompts to answer")
     settings = cfg.sampling()
     answers = [answer_prompts(path, records, settings, cfg.batch_size, cfg.seed, cfg.device) for path in policies.values()]
+    for name in cfg.guard:
+        answers.append(guarded_answers(policies[name], records, cfg))
+        policies = {**policies, f"{name}+guard": policies[name]}
     rewards = score_answers(*load_scorer(cfg.reward, "reward", cfg.device), records, answers, cfg.max_length, cfg.batch_size)
     costs = score_answers(*load_scorer(cfg.cost, "cost", cfg.device), records, answers, cfg.max_length, cfg.batch_size)
     names = list(policies)

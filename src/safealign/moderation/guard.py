@@ -141,8 +141,8 @@ class GuardConfig(SamplingSettings):
     """Prompts labelled safe (held out from the prompt moderator's training): the over-refusal each way is measured on them."""
     judge: str | None = None
     """A moderator that scores the final answers (default: the response moderator, under which an answer the guard lets through is never flagged)."""
-    out: str = "runs/guard"
-    """Folder for answers.jsonl (final answer, the prompt's verdict and every round's) and metrics.json."""
+    output_dir: str = "runs/guard"
+    """Folder (`--out`) for answers.jsonl (final answer, the prompt's verdict and every round's) and metrics.json."""
     rounds: int = 5
     """Answers per prompt at most before the refusal (Beaver-Guard-V: 5; resampling needs temperature > 0)."""
     refusal: str = DEFAULT_REFUSAL
@@ -183,7 +183,7 @@ def run_guard(cfg: GuardConfig) -> dict[str, Any]:
     judge = Moderator.load(cfg.judge).to(device) if cfg.judge else moderator
     guard = Guard(model, tokenizer, moderator, cfg.rounds, cfg.refusal, cfg.sampling(), cfg.batch_size,
                   prompt_moderator, cfg.prompt_refusal)
-    out = Path(cfg.out)
+    out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, Any] = {"rounds": cfg.rounds, "judge": cfg.judge or cfg.moderator,
                                "prompt_moderator": cfg.prompt_moderator}

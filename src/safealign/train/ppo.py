@@ -29,7 +29,8 @@ from accelerate.utils import gather_object, set_seed
 from torch import Tensor
 
 from safealign.config import ConfigError
-from safealign.data.load import load
+from safealign.data.errors import DataError
+from safealign.data.load import load, without_prompts
 from safealign.data.records import dialogue
 from safealign.inference.sampling import Rollout, SamplingSettings, encode_prompts, row_seed, sample, token_log_probs
 from safealign.inference.scoring import ModelScorer
@@ -79,6 +80,8 @@ class PPOConfig(RunConfig, SamplingSettings):
     """Source format of the prompt data (detected when None)."""
     skip_invalid: bool = False
     """Go on past bad prompt records."""
+    exclude_prompts: list[str] = field(default_factory=list)
+    """Data whose prompts PPO must not train on (e.g. the evaluation prompts): equal prompts (case and spacing aside) are dropped, counted."""
     lora: LoraSettings | None = None
     """LoRA on the actor and both critics; the reference is then the actor without adapters."""
     dtype: Literal["float32", "bfloat16"] = "float32"
@@ -130,6 +133,8 @@ class PPOConfig(RunConfig, SamplingSettings):
         """Check settings once, early."""
         super().validate()
         self.validate_sampling()
+        if self.exclude_prompts and not self.prompts:
+            raise ConfigError("exclude_prompts: given without prompts")
         if not self.actor:
             raise ConfigError("actor: required (an alias, a folder or a hub id)")
         for name in ("max_steps", "rollout_batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens", "episode_cost_window"):
@@ -149,6 +154,18 @@ class PPOConfig(RunConfig, SamplingSettings):
             if getattr(self, name) != 1.0:
                 raise ConfigError(f"{name}: must be 1.0 for PPO, got {getattr(self, name)}: the ratio and the KL are "
                                   "computed on softmax(logits / temperature), which a truncated or penalised sampler does not draw from")
+
+
+def training_prompts(cfg: PPOConfig, verbose: bool = True) -> list[list[dict[str, str]]]:
+    """The dialogues of `cfg.prompts`, without any prompt of `cfg.exclude_prompts`."""
+    records = load(cfg.prompts, cfg.format, strict=not cfg.skip_invalid).records
+    if cfg.exclude_prompts:
+        records, dropped = without_prompts(records, load(cfg.exclude_prompts).records)
+        if verbose:
+            print(f"prompts: {len(records)} kept, {dropped} dropped (they are in exclude_prompts)", flush=True)
+        if not records:
+            raise DataError("prompts: every prompt is also in exclude_prompts; nothing left to train on")
+    return [dialogue(r) for r in records]
 
 
 @dataclass
@@ -185,7 +202,7 @@ def train_ppo(
     check_rl_engine(acc)
     if acc.is_main_process:
         print(memory_estimate(cfg, algorithm), flush=True)
-    dialogues = prompts if prompts is not None else [dialogue(r) for r in load(cfg.prompts, cfg.format, strict=not cfg.skip_invalid).records]
+    dialogues = prompts if prompts is not None else training_prompts(cfg, acc.is_main_process)
     models = build_models(cfg, algorithm, reward_fn, cost_fn, acc.device)
     out = write_run_config(cfg, algorithm)
     total = cfg.max_steps
