@@ -19,6 +19,7 @@ ALLOWED: dict[str, set[str] | None] = {
     "train": {"data", "models", "inference", "losses", "config"},
     "moderation": {"data", "models", "inference", "losses", "config", "train"},
     "evaluate": {"data", "models", "inference", "config", "moderation"},
+    "audit": {"data", "models"},
 }
 
 

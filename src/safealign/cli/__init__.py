@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from safealign.cli import audit as audit_cli
 from safealign.cli import data as data_cli
 from safealign.cli import evaluate as evaluate_cli
 from safealign.cli import generate as generate_cli
@@ -22,6 +23,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_cli.app, name="data", help="Validate, describe and convert preference data.")
+app.add_typer(audit_cli.app, name="audit", help="Audit labels: how credible they are, which are wrong, and the fixes.")
 app.add_typer(models_cli.app, name="models", help="Install and resolve offline models.")
 app.add_typer(train_cli.app, name="train", help="Train score models (reward, cost, attributes) and policies (SFT, DPO, PPO, PPO-Lagrangian).")
 app.add_typer(evaluate_cli.app, name="eval", help="Evaluate score models, moderators and policies.")

@@ -73,6 +73,8 @@ FORMATS: dict[str, Format] = {
                "prompt", beavertails.parse_prompt_label, beavertails.PROMPT_LABEL_FIELDS, beavertails.PROMPT_LABEL_OPTIONAL),
         Format("hh-rlhf", "Anthropic HH-RLHF chosen/rejected transcripts (Docta suggestions kept)",
                "preference", hh_rlhf.parse, hh_rlhf.REQUIRED, hh_rlhf.OPTIONAL),
+        Format("hh-rlhf-red-team", "Anthropic HH-RLHF red-team attempts: transcript and attack-success rating 0–4 (Docta suggestions kept)",
+               "qa", hh_rlhf.parse_red_team, hh_rlhf.RED_TEAM_REQUIRED, hh_rlhf.RED_TEAM_OPTIONAL),
         Format("prompt-response", "Unlabelled answers: prompt and response (optional id, system) — e.g. for moderation",
                "qa", plain.parse_prompt_response, plain.REQUIRED, plain.OPTIONAL),
         Format("helpsteer", "HelpSteer / HelpSteer2: prompt, response and five 0–4 attributes",

@@ -1,0 +1,1 @@
+"""Audits of data before training: label credibility (`credibility`, `labels`, `run`)."""
