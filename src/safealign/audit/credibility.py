@@ -54,7 +54,7 @@ def normalise(features: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def nearest_neighbours(features: np.ndarray, k: int, oriented: bool = False, batch_size: int = 2048) -> Neighbours:
+def nearest_neighbours(features: np.ndarray, k: int, oriented: bool = False, batch_size: int = 1024) -> Neighbours:
     """Cosine k-NN of every row among the others, in batches of rows (memory O(batch × N))."""
     x = normalise(features)
     n = x.shape[0]
