@@ -107,13 +107,13 @@ def docta_agreement(root: Path, k: int) -> list[dict[str, Any]]:
     return out
 
 
-def synthetic(root: Path, k: int, rates: tuple[float, ...]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def synthetic(root: Path, k: int, rates: tuple[float, ...], embedder: str = "minilm") -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Detection on realign labels flipped at known rates; returns the rows and what the downstream step needs."""
     test_prompts = {r.prompt for r in load(str(sample_path(V1))).records}
     pairs = [r for r in load(str(root / REALIGN)).records if r.prompt not in test_prompts]
     [responses] = label_sets(pairs, "is_safe")
     [order] = label_sets(pairs, "safer", seed=0)
-    embed = lambda texts: embed_texts(texts, "minilm", 256)  # noqa: E731
+    embed = lambda texts: embed_texts(texts, embedder, 256)  # noqa: E731
     started = time.perf_counter()
     features = {"is_safe": item_features(responses, embed), "safer": item_features(order, embed)}
     print(f"  features: {len(responses.items)} responses, {len(order.items)} pairs ({time.perf_counter() - started:.0f} s,"
@@ -167,12 +167,12 @@ def synthetic(root: Path, k: int, rates: tuple[float, ...]) -> tuple[list[dict[s
     return rows, keep
 
 
-def downstream(keep: dict[str, Any]) -> dict[str, Any]:
+def downstream(keep: dict[str, Any], embedder: str = "minilm") -> dict[str, Any]:
     """Moderators (frozen MiniLM + balanced LR) on noisy, cleaned and clean labels, scored on the v1 sample."""
     from sklearn.linear_model import LogisticRegression
 
     [test] = label_sets(load(str(sample_path(V1))).records, "is_safe")
-    x_test = item_features(test, lambda texts: embed_texts(texts, "minilm", 256, progress=False))
+    x_test = item_features(test, lambda texts: embed_texts(texts, embedder, 256, progress=False))
     y_test = np.array([it.label for it in test.items])  # 1 = unsafe
     out: dict[str, Any] = {"test_responses": len(y_test), "test_unsafe_share": float(y_test.mean())}
     for name in ["noisy", *[m for m in ("simifeat-rank", "simifeat-vote", "confident", "cleanlab") if m in keep], "truth"]:
@@ -220,6 +220,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--embedder", default="minilm", help="sentence encoder of steps 2 and 3 (any encoder folder, e.g. a "
+                        "fine-tuned moderator's model folder); step 1 always uses MiniLM")
+    parser.add_argument("--only", default="docta,synthetic,downstream,scale", help="steps to run")
     parser.add_argument("--rates", default="0.1,0.2")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scale", type=int, default=100_000, help="items of the memory/time check on random features (0: skip)")
@@ -232,25 +235,31 @@ def main() -> None:
     print(f"label audit on {args.data_root} (k = {args.k})", flush=True)
     if cleanlab_issues(np.full((2, 2), 0.5), np.array([0, 1])) is None:
         print(f"  cleanlab not installed (pip install --no-deps --target {DEPS} -r bench/requirements-audit.txt): its column is skipped")
-    print("1. against Docta's findings (HH-RLHF, 100 records each):", flush=True)
-    docta = docta_agreement(args.data_root, args.k)
-    print("2. synthetic noise on the realign pairs:", flush=True)
-    rows, keep = synthetic(args.data_root, args.k, tuple(float(r) for r in args.rates.split(",")))
-    print("3. downstream: moderators on the noisiest labels, cleaned and clean, on the v1 sample:", flush=True)
-    down = downstream(keep)
+    only = set(args.only.split(","))
+    docta = None
+    if "docta" in only:
+        print("1. against Docta's findings (HH-RLHF, 100 records each):", flush=True)
+        docta = docta_agreement(args.data_root, args.k)
+    print(f"2. synthetic noise on the realign pairs ({args.embedder} features):", flush=True)
+    rows, keep = synthetic(args.data_root, args.k, tuple(float(r) for r in args.rates.split(",")), args.embedder)
+    down = None
+    if "downstream" in only:
+        print("3. downstream: moderators on the noisiest labels, cleaned and clean, on the v1 sample:", flush=True)
+        down = downstream(keep, args.embedder)
     scale = None
-    if args.scale:
+    if args.scale and "scale" in only:
         print(f"4. scale: {args.scale} random items", flush=True)
         scale = scale_check(args.scale, args.k)
     result = {"docta": docta, "synthetic": rows, "downstream": down, "scale": scale, "seconds": time.perf_counter() - started,
               "targets": {"f1_at_10_percent": 0.7, "noise_rate_within": 0.03, "recovered_share": 0.5}}
     first = next(r for r in rows if r["label"] == "is_safe" and abs(r["true_noise"] - 0.1) < 0.02)
-    recovered = ", ".join(f"{m} {down[m]['recovered_share_of_loss']:.2f}" for m in ("simifeat-rank", "confident", "cleanlab")
-                          if m in down and down[m].get("recovered_share_of_loss") is not None)
-    lost = down["truth"]["accuracy"] - down["noisy"]["accuracy"]
     print(f"targets: SimiFeat-rank F1 at 10 % noise {first['simifeat-rank']['f1']:.2f} (≥ 0.70), HOC estimate "
-          f"{first['hoc_noise_rate']:.3f} vs {first['true_noise']:.3f} (±0.03); downstream: the noise cost "
-          f"{lost:+.3f} accuracy, recovered " + (recovered or "n/a (nothing was lost)") + " (≥ 0.5)")
+          f"{first['hoc_noise_rate']:.3f} vs {first['true_noise']:.3f} (±0.03)")
+    if down is not None:
+        recovered = ", ".join(f"{m} {down[m]['recovered_share_of_loss']:.2f}" for m in ("simifeat-rank", "confident", "cleanlab")
+                              if m in down and down[m].get("recovered_share_of_loss") is not None)
+        lost = down["truth"]["accuracy"] - down["noisy"]["accuracy"]
+        print(f"downstream: the noise cost {lost:+.3f} accuracy, recovered " + (recovered or "n/a (nothing was lost)") + " (≥ 0.5)")
     print(f"total {result['seconds']:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=float) + "\n")

@@ -236,3 +236,18 @@ def test_red_team_attempts_load_with_their_ratings(shared_data):
     [ratings] = label_sets(loaded.records, "rating")
     assert ratings.classes == ["0", "1", "2", "3", "4"] and len(ratings.items) == 100
     assert all("suggest_rating" in r.meta for r in loaded.records)  # Docta's suggestion kept for comparison
+
+
+def test_cached_embeddings_follow_the_weights(tmp_path):
+    from tiny import tiny_bert
+
+    from safealign.audit.run import embed_texts, encoder_identity
+
+    encoder = tiny_bert(tmp_path / "encoder", seed=0)
+    first = embed_texts(["a b", "c d"], str(encoder), 32, tmp_path / "cache", progress=False)
+    assert np.allclose(embed_texts(["c d"], str(encoder), 32, tmp_path / "cache", progress=False), first[1:])
+    before = encoder_identity(str(encoder), 32)
+    tiny_bert(tmp_path / "encoder", seed=1)  # retrained in place: other weights, same folder
+    assert encoder_identity(str(encoder), 32) != before and encoder_identity(str(encoder), 64) != encoder_identity(str(encoder), 32)
+    again = embed_texts(["a b", "c d"], str(encoder), 32, tmp_path / "cache", progress=False)
+    assert not np.allclose(again, first)  # the old vectors were not reused

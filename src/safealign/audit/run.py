@@ -75,13 +75,21 @@ class EmbeddingCache:
 
 
 def encoder_identity(name: str, max_length: int) -> str:
-    """What makes two encoders' vectors interchangeable: the resolved folder's weights file (size, mtime) or the hub id."""
+    """What makes two encoders' vectors interchangeable: a hash of the resolved folder's weights (or the hub id) and the length.
+
+    A folder retrained in place gets new weights, so a new identity: its old vectors are never reused.
+    """
     from safealign.models.registry import resolve_model
 
     path = Path(resolve_model(name))
-    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else []
-    stamp = ";".join(f"{w.name}:{w.stat().st_size}" for w in weights)
-    return f"{path.name}|{stamp}|{max_length}"
+    if not path.is_dir():
+        return f"{name}|{max_length}"
+    digest = hashlib.sha256()
+    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        with open(weights, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return f"{digest.hexdigest()}|{max_length}"
 
 
 def embed_texts(texts: list[str], encoder: str = "minilm", max_length: int = 256, cache_dir: Path | None = None,
