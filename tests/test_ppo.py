@@ -210,3 +210,40 @@ def test_ppo_lag_on_two_processes_matches_one_at_the_same_global_batch(tmp_path)
     wa, wb = (AutoModelForCausalLM.from_pretrained(tmp_path / run / "model").state_dict() for run in ("one", "two"))
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], atol=1e-5, rtol=1e-4)
+
+
+def test_length_interventions_by_hand():
+    from safealign.inference.scoring import LengthScorer
+    from safealign.losses import length_adjusted_reward, standardise
+
+    reward, lengths = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([12, 24, 48])
+    got = length_adjusted_reward(reward, lengths, 48, penalty=0.5)
+    assert got.tolist() == pytest.approx([1 - 0.125, 1 - 0.25, 0.5])
+    assert length_adjusted_reward(reward, lengths, 48, long_outputs="zero").tolist() == [1.0, 1.0, 0.0]  # never ended
+    scaled = standardise(torch.tensor([1.0, 2.0, 3.0]))
+    assert scaled.tolist() == pytest.approx([-1.0, 0.0, 1.0], abs=1e-5)
+    assert LengthScorer(8)([], ["", ""], [[1, 2], [1, 2, 3, 4, 5, 6, 7, 8]]).tolist() == [0.25, 1.0]
+    with pytest.raises(ValueError, match="long_outputs must be keep, zero or skip"):
+        length_adjusted_reward(reward, lengths, 48, long_outputs="drop")
+
+
+def test_length_only_reward_and_skipped_long_outputs(tmp_path):
+    import json
+
+    folder = tiny_word_llama(tmp_path / "words", WORDS)
+    common = ["--actor", str(folder), "--max_steps", "2", "--rollout_batch_size", "8", "--minibatch_size", "4",
+              "--max_new_tokens", str(LENGTH), "--save_every", "0", "--num_threads", "1", "--critic_init", "actor",
+              "--warmup_ratio", "0"]
+    prompts = [[{"role": "user", "content": "go"}]] * 8
+    cfg = build_config(PPOConfig, None, [*common, "--reward_model", "length", "--output_dir", str(tmp_path / "length")])
+    train_ppo(cfg, "ppo", prompts=prompts)  # no reward model folder: the reward is the answer's length
+    rows = [json.loads(line) for line in (tmp_path / "length" / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert row["train/reward"] == pytest.approx(row["train/response_length"] / LENGTH, rel=1e-5)
+    reward, _ = make_scorers(folder)
+    cfg = build_config(PPOConfig, None, [*common, "--min_new_tokens", str(LENGTH), "--long_outputs", "skip",
+                                         "--output_dir", str(tmp_path / "skip")])
+    train_ppo(cfg, "ppo", reward_fn=reward, prompts=prompts)  # every answer uses all 8 tokens: nothing to learn from
+    rows = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["train/actor_loss"] == 0.0 and r["train/reward_critic_loss"] == 0.0 for r in rows)
+    assert all(r["train/response_length"] == LENGTH for r in rows)  # the metrics still cover every answer

@@ -181,3 +181,25 @@ def moderation_loss(
     loss = loss + masked_mean(per_category, category_mask)
     per_record = F.cross_entropy(severity_logits, severity.long().clamp(min=0), weight=severity_weight, reduction="none")
     return loss + masked_mean(per_record, severity_mask)
+
+
+def length_adjusted_reward(reward: Tensor, lengths: Tensor, max_new_tokens: int, penalty: float = 0.0,
+                           long_outputs: str = "keep") -> Tensor:
+    """Sequence rewards with the length interventions of "A Long Way to Go" (Singhal et al. 2023).
+
+    reward − penalty · len / max_new_tokens; with `long_outputs: zero`, an answer that used
+    every one of `max_new_tokens` (it never ended) gets reward 0. reward, lengths: size = (B,).
+    """
+    if long_outputs not in ("keep", "zero", "skip"):
+        raise ValueError(f"long_outputs must be keep, zero or skip, got {long_outputs!r}")
+    adjusted = reward - penalty * lengths.to(reward.dtype) / max_new_tokens
+    if long_outputs == "zero":
+        adjusted = torch.where(lengths >= max_new_tokens, torch.zeros_like(adjusted), adjusted)
+    return adjusted
+
+
+def standardise(scores: Tensor, eps: float = 1e-6) -> Tensor:
+    """Scores minus their mean, over their standard deviation (the paper's per-batch reward scaling)."""
+    if scores.numel() < 2:
+        return scores - scores.mean()
+    return (scores - scores.mean()) / (scores.std() + eps)

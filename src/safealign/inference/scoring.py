@@ -48,3 +48,22 @@ class ModelScorer:
     def __call__(self, dialogues: list[list[dict[str, str]]], responses: list[str], response_ids: list[list[int]]) -> Tensor:
         sequences = [encode_dialogue(self.tokenizer, d, r, self.max_length) for d, r in zip(dialogues, responses)]
         return torch.tensor(score_texts(self.model, sequences, self.tokenizer.pad_token_id, self.batch_size))
+
+
+class LengthScorer:
+    """The length-only reward (Singhal et al. 2023's control): an answer's token count over `max_new_tokens`.
+
+    `reward_model: length` in a PPO config: how much of an RLHF "gain" length alone buys.
+    """
+
+    def __init__(self, max_new_tokens: int) -> None:
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        self.max_new_tokens = max_new_tokens
+
+    def to(self, device: torch.device) -> LengthScorer:
+        """Nothing to move."""
+        return self
+
+    def __call__(self, dialogues: list[list[dict[str, str]]], responses: list[str], response_ids: list[list[int]]) -> Tensor:
+        return torch.tensor([len(ids) / self.max_new_tokens for ids in response_ids], dtype=torch.float32)

@@ -33,8 +33,8 @@ from safealign.data.errors import DataError
 from safealign.data.load import load, without_prompts
 from safealign.data.records import dialogue
 from safealign.inference.sampling import Rollout, SamplingSettings, encode_prompts, row_seed, sample, token_log_probs
-from safealign.inference.scoring import ModelScorer
-from safealign.losses import clipped_value_loss, gae, lagrangian_advantage, masked_mean, ppo_policy_loss
+from safealign.inference.scoring import LengthScorer, ModelScorer
+from safealign.losses import clipped_value_loss, gae, lagrangian_advantage, length_adjusted_reward, masked_mean, ppo_policy_loss
 from safealign.models.score import LoraSettings, ScoreModel, load_score_tokenizer
 from safealign.train import memory
 from safealign.train.config import RunConfig, write_run_config
@@ -58,6 +58,9 @@ from safealign.train.sharded import check_rl_engine
 Algorithm = Literal["ppo", "ppo-lag", "ppo-shaping"]
 
 
+LENGTH_REWARD = "length"  # reward_model: the answer's length, not a model
+
+
 @dataclass(kw_only=True)
 class PPOConfig(RunConfig, SamplingSettings):
     """RL fine-tuning of a policy against a reward model, under a cost constraint for ppo-lag.
@@ -71,7 +74,7 @@ class PPOConfig(RunConfig, SamplingSettings):
     actor: str
     """The policy to fine-tune: an offline alias, a folder (e.g. an SFT output) or a hub id."""
     reward_model: str = ""
-    """Reward model folder (from `safealign train reward`); required unless the caller passes a reward function."""
+    """Reward model folder (from `safealign train reward`), or `length`: the answer's length over max_new_tokens (the length-only control); required unless the caller passes a reward function."""
     cost_model: str | None = None
     """Cost model folder (from `safealign train cost`); required for ppo-lag and ppo-shaping."""
     prompts: list[str] = field(default_factory=list)
@@ -126,6 +129,12 @@ class PPOConfig(RunConfig, SamplingSettings):
     """Steps before λ starts to move."""
     shaping_lambda: float = 1.0
     """Fixed λ of ppo-shaping (reward R − λ·C)."""
+    length_penalty: float = 0.0
+    """ω of the length penalty: the sequence reward loses ω · len / max_new_tokens ("A Long Way to Go")."""
+    long_outputs: Literal["keep", "zero", "skip"] = "keep"
+    """Answers that use all max_new_tokens (never ended): keep, reward 0 (zero), or left out of the update (skip)."""
+    reward_scaling: Literal["none", "batch"] = "none"
+    """batch: the reward model's scores standardised over each step's rollouts (all processes) before the length terms."""
     accelerate_config: str | None = None
     """The accelerate config file the run is launched with; the memory estimate reads its process count and sharding."""
 
@@ -133,6 +142,8 @@ class PPOConfig(RunConfig, SamplingSettings):
         """Check settings once, early."""
         super().validate()
         self.validate_sampling()
+        if self.length_penalty < 0:
+            raise ConfigError(f"length_penalty: must not be negative, got {self.length_penalty}")
         if self.exclude_prompts and not self.prompts:
             raise ConfigError("exclude_prompts: given without prompts")
         if not self.actor:
@@ -267,6 +278,8 @@ def build_models(cfg: PPOConfig, algorithm: Algorithm, reward_fn: Scorer | None,
     actor, tokenizer = load_policy(cfg.actor, dtype=cfg.dtype, lora=cfg.lora, gradient_checkpointing=cfg.gradient_checkpointing)
     actor.to(device)
     reference = None if cfg.lora is not None else copy.deepcopy(actor).eval().requires_grad_(False)
+    if reward_fn is None and cfg.reward_model == LENGTH_REWARD:
+        reward_fn = LengthScorer(cfg.max_new_tokens)
     reward = reward_fn or ModelScorer(cfg.reward_model, dtype=cfg.dtype).to(device)
     cost = cost_fn or (ModelScorer(cfg.cost_model, dtype=cfg.dtype).to(device) if cfg.cost_model else None)
     reward_critic = _critic(cfg, cfg.reward_model if reward_fn is None else None).to(device)
@@ -361,7 +374,12 @@ def _rl_step(cfg: PPOConfig, algorithm: Algorithm, m: _Models, acc: Any, actor_o
         episode_costs = [float(c) for c in gather_object(cost.tolist())] if cost is not None else []
         if algorithm == "ppo-lag":
             lagrange.update(episode_costs)
-        sequence_reward = reward - cfg.shaping_lambda * cost if algorithm == "ppo-shaping" else reward
+        lengths = mask.sum(-1)
+        scaled = _standardise_global(acc, reward) if cfg.reward_scaling == "batch" else reward
+        sequence_reward = scaled - cfg.shaping_lambda * cost if algorithm == "ppo-shaping" else scaled
+        sequence_reward = length_adjusted_reward(sequence_reward, lengths, cfg.max_new_tokens, cfg.length_penalty, cfg.long_outputs)
+        if cfg.long_outputs == "skip":  # an answer that never ended takes no part in the update
+            mask = mask * (lengths < cfg.max_new_tokens).to(mask.dtype).unsqueeze(-1)
         old_values = critic_values(m.reward_critic, rollout)
         adv_r, ret_r = gae(shaped_rewards(sequence_reward, kl, mask, cfg.kl_coef, -1.0), old_values, mask, cfg.gamma, cfg.gae_lambda)
         advantages = adv_r
@@ -371,7 +389,7 @@ def _rl_step(cfg: PPOConfig, algorithm: Algorithm, m: _Models, acc: Any, actor_o
             advantages = lagrangian_advantage(adv_r, adv_c, lagrange.value)
     losses = _update(cfg, m, acc, actor_opt, critic_opt, rollout, old_logp, advantages, mask,
                      [(m.reward_critic, old_values, ret_r)] + ([(m.cost_critic, old_cost_values, ret_c)] if algorithm == "ppo-lag" else []))
-    lengths = mask.sum(-1)
+    mask = rollout.response_mask.float()  # the metrics cover every answer, skipped ones too
     metrics = {
         "train/reward": _mean(acc, reward),
         "train/kl": _mean(acc, (kl * mask).sum(-1)),
@@ -386,6 +404,14 @@ def _rl_step(cfg: PPOConfig, algorithm: Algorithm, m: _Models, acc: Any, actor_o
     if algorithm == "ppo-lag":
         metrics["train/lambda"] = lagrange.value
     return metrics
+
+
+def _standardise_global(acc: Any, scores: Tensor) -> Tensor:
+    """`scores` standardised by the mean and standard deviation of every process's scores of this step."""
+    every = acc.gather(scores)
+    if every.numel() < 2:
+        return scores - every.mean()
+    return (scores - every.mean()) / (every.std() + 1e-6)
 
 
 def _update(cfg: PPOConfig, m: _Models, acc: Any, actor_opt: Any, critic_opt: Any, rollout: Rollout, old_logp: Tensor,
@@ -457,8 +483,9 @@ def memory_rows(cfg: PPOConfig, algorithm: Algorithm) -> list[memory.ModelMemory
     rows = [memory.ModelMemory("actor", actor_total, actor_trainable, weight_bytes, trainable_bytes)]
     if cfg.lora is None:
         rows.append(memory.ModelMemory("reference", actor_total, 0, weight_bytes))
-    scorers = [("reward", cfg.reward_model)] + ([("cost", cfg.cost_model)] if cfg.cost_model else [])
-    critics = [("reward critic", cfg.reward_model)] + ([("cost critic", cfg.cost_model)] if algorithm == "ppo-lag" else [])
+    reward_model = None if cfg.reward_model == LENGTH_REWARD else cfg.reward_model  # the length reward has no weights
+    scorers = [("reward", reward_model)] + ([("cost", cfg.cost_model)] if cfg.cost_model else [])
+    critics = [("reward critic", reward_model)] + ([("cost critic", cfg.cost_model)] if algorithm == "ppo-lag" else [])
     for role, path in scorers:
         if path:
             total, _ = memory.count_parameters(path, score_head=True)
