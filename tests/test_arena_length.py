@@ -256,3 +256,46 @@ def test_length_cli(models, tmp_path):
     assert sum(b["before"] for b in pol["buckets"]) == sum(b["after"] for b in pol["buckets"]) == 4
     assert metrics["unit"].startswith("tokens")
     assert (out / "length.png").stat().st_size > 0
+
+
+# --- the reward-model side of "A Long Way to Go" -------------------------------------------
+
+
+def _pp(prompt, chosen_words, rejected_words, tag):
+    from safealign.data.records import PreferencePair
+
+    return PreferencePair(prompt=prompt, chosen=" ".join(["c"] * chosen_words) + f" {tag}",
+                          rejected=" ".join(["r"] * rejected_words) + f" {tag}", origin=f"f:{tag}")
+
+
+def test_length_balance_and_off_prompt_pairs_by_hand():
+    from safealign.data.length import length_balanced, off_prompt_pairs
+    from safealign.data.records import DualPreferencePair
+
+    # bucket 0 (preferred answer < 10 words): 3 longer-preferred, 1 shorter-preferred, 1 tie; bucket 1: 2 and 2
+    records = [_pp("p", 5, 2, "a"), _pp("p", 6, 3, "b"), _pp("q", 7, 1, "c"), _pp("q", 2, 8, "d"), _pp("p", 4, 4, "e"),
+               _pp("q", 15, 5, "f"), _pp("p", 12, 3, "g"), _pp("q", 11, 19, "h"), _pp("p", 13, 14, "i"),
+               DualPreferencePair(prompt="z", response_0="x", response_1="y", better_response_id=None, safer_response_id=0)]
+    kept, report = length_balanced(records, "better", bucket_width=10, seed=0)
+    assert (report.read, report.kept, report.dropped, report.not_pairs) == (10, 8, 2, 1)
+    assert report.longer_preferred_before == pytest.approx(5 / 8) and report.longer_preferred_after == 0.5
+    tags = {r.chosen.split()[-1] for r in kept if hasattr(r, "chosen")}
+    assert {"d", "e", "f", "g", "h", "i"} <= tags and len(tags & {"a", "b", "c"}) == 1  # one longer-preferred kept in bucket 0
+    extra = off_prompt_pairs(records[:4], 0.5, "better", seed=1)
+    assert len(extra) == 2
+    for pair in extra:  # the prompt's own preferred answer over a preferred answer to the other prompt
+        own = next(r for r in records[:4] if r.chosen == pair.chosen)
+        other = next(r for r in records[:4] if r.chosen == pair.rejected)
+        assert own.prompt == pair.prompt != other.prompt
+    assert off_prompt_pairs(records[:2], 1.0) == []  # one prompt only: no off-prompt answer to take
+
+
+def test_train_reward_with_length_balance_and_off_prompt_pairs(tmp_path):
+    proc = run_cli("train", "reward", "--model", str(tiny_llama(tmp_path / "m")), "--data", str(DATA / "pku_saferlhf/v1_test_sample.jsonl"),
+                   "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--per_device_batch_size", "2", "--max_length", "64",
+                   "--num_threads", "1", "--save_every", "0", "--eval_every", "0", "--length_balance", "--off_prompt_pairs", "0.5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "length balance: read " in proc.stdout and "off-prompt pairs: " in proc.stdout
+    bad = run_cli("train", "cost", "--model", str(tmp_path / "m"), "--data", str(DATA / "pku_saferlhf/v1_test_sample.jsonl"),
+                  "--output_dir", str(tmp_path / "cost"), "--max_steps", "1", "--off_prompt_pairs", "0.5")
+    assert bad.returncode != 0 and "off_prompt_pairs: for reward models" in bad.stderr

@@ -19,6 +19,7 @@ import torch
 from accelerate.utils import set_seed
 from torch import Tensor, nn
 
+from safealign.config import ConfigError
 from safealign.data.derive import pair_to_preference
 from safealign.data.errors import DataError
 from safealign.data.records import ATTRIBUTES, AttributeRecord, DualPreferencePair, PreferencePair, Record, dialogue
@@ -45,12 +46,27 @@ class ScoreTrainConfig(ModelTrainConfig):
 
     Reward and attribute scores become (s − mean) / std; cost scores only c / std, so that
     c > 0 still means unsafe."""
+    length_balance: bool = False
+    """Balance the training pairs so the preferred answer is the longer one in half of each length bucket ("A Long Way to Go")."""
+    length_bucket_width: int = 20
+    """Bucket width, in words of the preferred answer, for length_balance."""
+    off_prompt_pairs: float = 0.0
+    """Reward models: add this share of pairs that prefer a prompt's answer over another prompt's (the off-prompt one rejected)."""
+
+    def validate(self) -> None:
+        """Check settings once, early."""
+        super().validate()
+        if self.length_bucket_width < 1:
+            raise ConfigError(f"length_bucket_width: must be at least 1, got {self.length_bucket_width}")
+        if self.off_prompt_pairs < 0:
+            raise ConfigError(f"off_prompt_pairs: must not be negative, got {self.off_prompt_pairs}")
 
 
 def train_score_model(cfg: ScoreTrainConfig, kind: Kind) -> dict[str, float]:
     """Load data, build the model and run the shared loop; returns final eval metrics."""
     set_seed(cfg.seed)
     train_records, eval_records = load_records(cfg)
+    train_records = _against_length_bias(cfg, kind, train_records)
     tokenizer = load_score_tokenizer(cfg.model)
     names = list(ATTRIBUTES) if kind == "attributes" else [kind]
     model = ScoreModel.from_base(
@@ -84,6 +100,27 @@ def train_score_model(cfg: ScoreTrainConfig, kind: Kind) -> dict[str, float]:
         export=export,
     )
     return train(task, cfg)
+
+
+def _against_length_bias(cfg: ScoreTrainConfig, kind: str, records: list[Record]) -> list[Record]:
+    """The training pairs after length_balance and off_prompt_pairs (the evaluation split is never changed)."""
+    from safealign.data.length import length_balanced, off_prompt_pairs
+
+    if (cfg.length_balance or cfg.off_prompt_pairs) and kind == "attributes":
+        raise ConfigError("length_balance, off_prompt_pairs: for reward and cost models (pairs), not attribute models")
+    if cfg.off_prompt_pairs and kind != "reward":
+        raise ConfigError("off_prompt_pairs: for reward models (an off-prompt answer is irrelevant, not less safe)")
+    which = "better" if kind == "reward" else "safer"
+    if cfg.length_balance:
+        records, report = length_balanced(records, which, cfg.length_bucket_width, cfg.seed)
+        print(f"length balance: read {report.read} | kept {report.kept} | dropped {report.dropped}; the preferred answer "
+              f"is the longer in {report.longer_preferred_before:.3f} of unequal pairs before, "
+              f"{report.longer_preferred_after:.3f} after", flush=True)
+    if cfg.off_prompt_pairs:
+        extra = off_prompt_pairs(records, cfg.off_prompt_pairs, which, cfg.seed)
+        print(f"off-prompt pairs: {len(extra)} added to {len(records)}", flush=True)
+        records = records + extra
+    return records
 
 
 def _pair_examples(records: list[Record], kind: str, tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
