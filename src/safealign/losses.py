@@ -198,8 +198,9 @@ def length_adjusted_reward(reward: Tensor, lengths: Tensor, max_new_tokens: int,
     return adjusted
 
 
-def standardise(scores: Tensor, eps: float = 1e-6) -> Tensor:
-    """Scores minus their mean, over their standard deviation (the paper's per-batch reward scaling)."""
-    if scores.numel() < 2:
-        return scores - scores.mean()
-    return (scores - scores.mean()) / (scores.std() + eps)
+def standardise(scores: Tensor, reference: Tensor | None = None, eps: float = 1e-6) -> Tensor:
+    """Scores minus the mean of `reference` (default: the scores), over its standard deviation (per-batch reward scaling)."""
+    reference = scores if reference is None else reference
+    if reference.numel() < 2:
+        return scores - reference.mean()
+    return (scores - reference.mean()) / (reference.std() + eps)

@@ -239,11 +239,10 @@ def run_pipeline(path: str | Path, log: Callable[[str], None] = print, overrides
         log(f"{head} ({stage.kind}) ...")
         started = time.perf_counter()
         if stage.kind == "report":
-            from safealign.report import run_summary, write_report
+            from safealign.report import write_report
 
-            names = [(s.name, s.kind) for s in stages]
-            metrics: dict[str, Any] = {"report": str(write_report(run_dir, names))}
-            metrics["summary"] = run_summary(run_dir, names)
+            metrics: dict[str, Any] = {"report": str(write_report(run_dir, [(s.name, s.kind) for s in stages]))}
+            metrics["summary"] = json.loads((run_dir / "summary.json").read_text())  # written beside report.html
         else:
             metrics = kinds[stage.kind][1](stage.config) or {}
         out.mkdir(parents=True, exist_ok=True)
@@ -252,10 +251,10 @@ def run_pipeline(path: str | Path, log: Callable[[str], None] = print, overrides
                   "settings": stage.resolved}
         (out / MARKER).write_text(json.dumps(marker, indent=2, default=str))
         log(f"{head}: finished in {seconds:.0f} s")
-    if any(stage.kind == "report" for stage in stages):
-        from safealign.report import run_summary, summary_lines
+    if any(stage.kind == "report" for stage in stages) and (run_dir / "summary.json").is_file():
+        from safealign.report import summary_lines
 
-        for line in summary_lines(run_summary(run_dir, [(s.name, s.kind) for s in stages])):
+        for line in summary_lines(json.loads((run_dir / "summary.json").read_text())):
             log(line)
     return run_dir
 

@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from safealign.data.records import DualPreferencePair, PreferencePair, PromptRecord, QARecord, Record
+from safealign.data.records import DualPreferencePair, PreferencePair, PromptRecord, QARecord, Record, dialogue
 from safealign.models.template import render
 
 LABELS = ("is_safe", "categories", "severity", "safer", "better", "chosen", "rating")
@@ -71,10 +71,7 @@ class LabelSet:
 
 
 def _text(record: Record, response: str) -> str:
-    turns = ([{"role": "system", "content": record.system}] if record.system else [])
-    turns += [{"role": role, "content": content} for role, content in record.context]
-    turns.append({"role": "user", "content": record.prompt})
-    return render(None, [*turns, {"role": "assistant", "content": response}])
+    return render(None, [*dialogue(record), {"role": "assistant", "content": response}])
 
 
 def _responses(records: list[Record]) -> list[tuple[int, int | None, str, bool | None, tuple[str, ...], int | None]]:

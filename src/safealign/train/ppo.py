@@ -34,7 +34,8 @@ from safealign.data.load import load, without_prompts
 from safealign.data.records import dialogue
 from safealign.inference.sampling import Rollout, SamplingSettings, encode_prompts, row_seed, sample, token_log_probs
 from safealign.inference.scoring import LengthScorer, ModelScorer
-from safealign.losses import clipped_value_loss, gae, lagrangian_advantage, length_adjusted_reward, masked_mean, ppo_policy_loss
+from safealign.losses import (clipped_value_loss, gae, lagrangian_advantage, length_adjusted_reward, masked_mean,
+                              ppo_policy_loss, standardise)
 from safealign.models.score import LoraSettings, ScoreModel, load_score_tokenizer
 from safealign.train import memory
 from safealign.train.config import RunConfig, write_run_config
@@ -375,7 +376,7 @@ def _rl_step(cfg: PPOConfig, algorithm: Algorithm, m: _Models, acc: Any, actor_o
         if algorithm == "ppo-lag":
             lagrange.update(episode_costs)
         lengths = mask.sum(-1)
-        scaled = _standardise_global(acc, reward) if cfg.reward_scaling == "batch" else reward
+        scaled = standardise(reward, acc.gather(reward)) if cfg.reward_scaling == "batch" else reward
         sequence_reward = scaled - cfg.shaping_lambda * cost if algorithm == "ppo-shaping" else scaled
         sequence_reward = length_adjusted_reward(sequence_reward, lengths, cfg.max_new_tokens, cfg.length_penalty, cfg.long_outputs)
         if cfg.long_outputs == "skip":  # an answer that never ended takes no part in the update
@@ -404,14 +405,6 @@ def _rl_step(cfg: PPOConfig, algorithm: Algorithm, m: _Models, acc: Any, actor_o
     if algorithm == "ppo-lag":
         metrics["train/lambda"] = lagrange.value
     return metrics
-
-
-def _standardise_global(acc: Any, scores: Tensor) -> Tensor:
-    """`scores` standardised by the mean and standard deviation of every process's scores of this step."""
-    every = acc.gather(scores)
-    if every.numel() < 2:
-        return scores - every.mean()
-    return (scores - every.mean()) / (every.std() + 1e-6)
 
 
 def _update(cfg: PPOConfig, m: _Models, acc: Any, actor_opt: Any, critic_opt: Any, rollout: Rollout, old_logp: Tensor,
