@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,22 @@ def test_longer_preferred_leaves_length_ties_out():
     shares = longer_preferred([(10, 5), (3, 8), (4, 4), (7, 2)])
     assert shares == {"pairs": 4, "longer_preferred": 2, "shorter_preferred": 1, "length_ties": 1,
                       "share_longer_preferred": pytest.approx(2 / 3)}
+
+
+def test_pair_length_bias_accuracy_by_hand():
+    from safealign.evaluate.length import pair_length_bias
+
+    # pairs: (10 preferred, 5) model right; (3 preferred, 8) model wrong (prefers the longer); (4, 4 preferred) right;
+    # (7, 2) with no order: only in the correlations and the model's share.
+    lengths = [10, 5, 3, 8, 4, 4, 7, 2]
+    rewards = [1.0, 0.0, 0.0, 1.0, 0.2, 0.5, 0.3, 0.1]
+    preferred = [True, False, True, False, False, True, None, None]
+    out = pair_length_bias(lengths, rewards, preferred)
+    rm = out["reward_model"]
+    assert rm["accuracy"] == pytest.approx(2 / 3)
+    assert rm["accuracy_longer_preferred"] == 1.0 and rm["accuracy_shorter_preferred"] == 0.0
+    assert rm["share_longer_preferred"] == 1.0 and rm["length_ties"] == 1  # the model picks the longer in 3 of 3 unequal pairs
+    assert out["labels"]["share_longer_preferred"] == pytest.approx(1 / 2)
 
 
 def test_non_length_gain_by_hand():
@@ -288,6 +305,46 @@ def test_length_balance_and_off_prompt_pairs_by_hand():
         other = next(r for r in records[:4] if r.chosen == pair.rejected)
         assert own.prompt == pair.prompt != other.prompt
     assert off_prompt_pairs(records[:2], 1.0) == []  # one prompt only: no off-prompt answer to take
+
+
+def test_confidence_truncation_by_hand():
+    from safealign.data.length import confidence_truncated
+    from safealign.data.records import DualPreferencePair
+
+    records = [_pp("p", 5, 2, "a"), _pp("p", 2, 6, "b"), _pp("q", 7, 1, "c"), _pp("q", 3, 8, "d"), _pp("p", 9, 4, "e"),
+               DualPreferencePair(prompt="z", response_0="x", response_1="y", better_response_id=None, safer_response_id=0)]
+    margins = [0.5, -1.0, 2.0, 0.1, 1.5, None]
+    kept, report = confidence_truncated(records, margins, 0.4, "least")  # round(0.4 × 5 scored) = 2: b (−1.0) and d (0.1)
+    assert [r.origin for r in kept] == ["f:a", "f:c", "f:e", records[5].origin]
+    assert (report.read, report.kept, report.dropped, report.not_scored) == (6, 4, 2, 1)
+    assert report.mean_margin_before == pytest.approx(3.1 / 5) and report.mean_margin_after == pytest.approx(4.0 / 3)
+    assert report.longer_preferred_before == pytest.approx(3 / 5) and report.longer_preferred_after == 1.0
+    kept, report = confidence_truncated(records, margins, 0.4, "most")  # c (2.0) and e (1.5)
+    assert [r.origin for r in kept[:3]] == ["f:a", "f:b", "f:d"] and report.longer_preferred_after == pytest.approx(1 / 3)
+    kept, _ = confidence_truncated(records, margins, 0.4, "both")  # one from each end: b and c
+    assert [r.origin for r in kept[:3]] == ["f:a", "f:d", "f:e"]
+    with pytest.raises(ValueError, match="margins for"):
+        confidence_truncated(records, margins[:2], 0.4)
+
+
+def test_train_reward_with_confidence_truncation(tmp_path):
+    model = str(tiny_llama(tmp_path / "m"))
+    common = ("--model", model, "--data", str(DATA / "pku_saferlhf/v1_test_sample.jsonl"), "--max_steps", "1",
+              "--per_device_batch_size", "2", "--max_length", "64", "--num_threads", "1", "--save_every", "0", "--eval_every", "0")
+    proc = run_cli("train", "reward", *common, "--output_dir", str(tmp_path / "out"), "--confidence_truncation", "0.25")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out/first-pass/model").is_dir() and (tmp_path / "out/model").is_dir()
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("confidence truncation (least"))
+    read, kept, dropped = (int(re.search(word + r" (\d+)", line).group(1)) for word in ("read", "kept", "dropped"))
+    assert read == kept + dropped and dropped == round(0.25 * read)
+    again = run_cli("train", "reward", *common, "--output_dir", str(tmp_path / "out"), "--confidence_truncation", "0.25")
+    assert again.returncode == 0 and "first pass in " + str(tmp_path / "out/first-pass") + " is done, reusing it" in again.stdout
+    given = run_cli("train", "reward", *common, "--output_dir", str(tmp_path / "given"), "--confidence_truncation", "0.25",
+                    "--truncate", "most", "--confidence_model", str(tmp_path / "out/model"))
+    assert given.returncode == 0, given.stderr[-2000:]
+    assert not (tmp_path / "given/first-pass").exists() and "confidence truncation (most confident" in given.stdout
+    bad = run_cli("train", "reward", *common, "--output_dir", str(tmp_path / "bad"), "--confidence_model", str(tmp_path / "out/model"))
+    assert bad.returncode != 0 and "confidence_model: given without confidence_truncation" in bad.stderr
 
 
 def test_train_reward_with_length_balance_and_off_prompt_pairs(tmp_path):

@@ -257,3 +257,17 @@ def test_load_score_tokenizer_sets_pad_and_side(tmp_path: Path) -> None:
 def test_bad_score_names(base_dirs: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="score_names"):
         ScoreModel.from_base(base_dirs["gpt2"], score_dim=2, score_names=["only_one"])
+
+
+def test_a_scorer_on_an_encoder_keeps_within_its_positions(tmp_path):
+    from tiny import tiny_bert
+
+    from safealign.inference.scoring import ModelScorer
+
+    folder = tiny_bert(tmp_path / "bert")
+    ScoreModel.from_base(folder, kind="reward").save_pretrained(tmp_path / "rm", load_score_tokenizer(folder))
+    scorer = ModelScorer(tmp_path / "rm", max_length=1024)
+    assert scorer.max_length == 512  # BERT's max_position_embeddings, not the 1024 asked for
+    long = " ".join(["word"] * 900)  # past 512 tokens: the end is kept, nothing indexes past the position table
+    scores = scorer([[{"role": "user", "content": long}]], [long], [[]])
+    assert scores.shape == (1,) and torch.isfinite(scores).all()

@@ -106,6 +106,33 @@ def _table(data: dict[str, Any]) -> str:
     return f"<table>{cells}</table>"
 
 
+def _steer_and_length_tables(kind: str, metrics: dict[str, Any], folder: Path) -> list[str]:
+    """The figures of an eval-length, eval-steer or eval-adherence stage."""
+    if kind == "eval-length":
+        pref = metrics["preference"]
+        out = [_table({"pairs": pref["pairs"], "pearson(reward, length)": pref["pearson"], "spearman": pref["spearman"],
+                       "pairwise accuracy": pref["reward_model"].get("accuracy"),
+                       "accuracy where the shorter is preferred": pref["reward_model"].get("accuracy_shorter_preferred"),
+                       "model prefers the longer": pref["reward_model"]["share_longer_preferred"],
+                       "labels prefer the longer": pref["labels"]["share_longer_preferred"]})]
+        if metrics.get("policies"):
+            pol = metrics["policies"]
+            out.append("<p>policy before → after</p>" + _table({
+                "mean length before": pol["mean_length_before"], "mean length after": pol["mean_length_after"],
+                "reward gain": pol["reward_gain"], "non-length gain (NRG)": pol["non_length_gain"]}))
+        if (folder / "length.png").is_file():
+            out.append(_img(folder / "length.png"))
+        return out
+    if kind == "eval-steer":
+        rows = {value: f"{v['mean_words']:.1f} words" + ("" if v["unsafe_rate"] is None else f", unsafe rate {v['unsafe_rate']:.3f}")
+                for value, v in metrics["per_value"].items()}
+        return [f"<p>{html.escape(metrics['attribute'])} asked</p>" + _table(rows),
+                _table({"Spearman ρ (asked, words), every answer": metrics["spearman_value_words"],
+                        "Spearman ρ over the means": metrics["spearman_value_mean_words"]})]
+    return [_table({m: "-" if v["adherence"] is None else f"{v['adherence']:.3f} of {v['answers']}"
+                    for m, v in metrics["per_message"].items()}), _table({"mean adherence": metrics["adherence"]})]
+
+
 def _answers(folder: Path) -> list[dict[str, Any]]:
     path = folder / "answers.jsonl"
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
@@ -222,6 +249,9 @@ def write_report(run_dir: Path, stages: list[tuple[str, str]]) -> Path:
                     if isinstance(block, dict) and "unsafe_rate" in block:
                         parts.append(f"<p>{html.escape(block_name)}: unsafe rate</p>" + _table(block["unsafe_rate"])
                                      + "<p>refusal rate</p>" + _table(block["refusal_rate"]))
+            continue
+        if kind in ("eval-length", "eval-steer", "eval-adherence") and (folder / "metrics.json").is_file():
+            parts += _steer_and_length_tables(kind, json.loads((folder / "metrics.json").read_text()), folder)
             continue
         curves = training_curves(folder, f"{name} ({kind})")
         if curves is not None:

@@ -109,6 +109,10 @@ def length(cfg: Any) -> None:
     table.add_row("spearman(reward, length)", fmt(pref["spearman"]))
     table.add_row("labels: share longer preferred", f"{fmt(pref['labels']['share_longer_preferred'])} ({pref['labels']['length_ties']} length ties left out)")
     table.add_row("reward model: share longer preferred", fmt(pref["reward_model"]["share_longer_preferred"]))
+    rm = pref["reward_model"]
+    table.add_row("reward model: pairwise accuracy (labels)",
+                  f"{fmt(rm['accuracy'])} (longer preferred {fmt(rm['accuracy_longer_preferred'])}, "
+                  f"shorter preferred {fmt(rm['accuracy_shorter_preferred'])})")
     if metrics["policies"]:
         pol = metrics["policies"]
         table.add_row("mean length before → after", f"{pol['mean_length_before']:.1f} → {pol['mean_length_after']:.1f}")
@@ -141,9 +145,45 @@ def print_safety(metrics: dict, title: str) -> None:
     console.print(table)
 
 
+def steer(cfg: Any) -> None:
+    """Ask a steerable policy for each value of one attribute: answer length (and unsafe rate) per value, Spearman's ρ."""
+    from safealign.steer.evaluate import run_steer_eval
+
+    quiet_transformers()
+    metrics = run_steer_eval(cfg)
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    table = Table(title=f"{cfg.attribute} asked of {cfg.policy} ({metrics['prompts']} prompts)")
+    for column in ("asked", "mean words", "unsafe rate"):
+        table.add_column(column, justify="right")
+    for key, block in metrics["per_value"].items():
+        table.add_row(key, f"{block['mean_words']:.1f}", fmt(block["unsafe_rate"]))
+    console.print(table)
+    console.print(f"Spearman ρ(asked value, answer words) {fmt(metrics['spearman_value_words'])} over every answer, "
+                  f"{fmt(metrics['spearman_value_mean_words'])} over the means; wrote {cfg.output_dir}/metrics.json")
+
+
+def adherence(cfg: Any) -> None:
+    """How often a policy follows checkable system messages (held-out ones by default)."""
+    from safealign.steer.evaluate import run_adherence_eval
+
+    quiet_transformers()
+    metrics = run_adherence_eval(cfg)
+    table = Table(title=f"adherence of {cfg.policy} to {metrics['messages']} {cfg.split} system messages")
+    table.add_column("message")
+    table.add_column("answers", justify="right")
+    table.add_column("adherence", justify="right")
+    for name, block in metrics["per_message"].items():
+        table.add_row(name, str(block["answers"]), "-" if block["adherence"] is None else f"{block['adherence']:.3f}")
+    console.print(table)
+    mean = metrics["adherence"]
+    console.print(f"mean adherence {'-' if mean is None else f'{mean:.3f}'}; wrote {cfg.output_dir}/metrics.json")
+
+
 for _name, _cls, _run in (("preference", "safealign.evaluate.preference:PreferenceEvalConfig", preference),
                           ("moderation", "safealign.moderation.evaluate:ModerationEvalConfig", moderation),
                           ("arena", "safealign.evaluate.arena:ArenaConfig", arena),
                           ("length", "safealign.evaluate.length:LengthConfig", length),
-                          ("safety", "safealign.evaluate.safety:SafetyEvalConfig", safety)):
+                          ("safety", "safealign.evaluate.safety:SafetyEvalConfig", safety),
+                          ("steer", "safealign.steer.evaluate:SteerEvalConfig", steer),
+                          ("adherence", "safealign.steer.evaluate:AdherenceEvalConfig", adherence)):
     config_command(app, _name, _cls, _run, _run.__doc__ or "", aliases=OUT)

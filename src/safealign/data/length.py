@@ -7,6 +7,9 @@
 - `off_prompt_pairs`: new pairs that pit a prompt's preferred answer against the preferred
   answer to another prompt (the off-prompt one is rejected): length alone cannot explain
   those labels, relevance must.
+- `confidence_truncated`: drop the share of pairs a first-pass reward model is least (or
+  most) confident about, by its margin score(preferred) − score(other) (Singhal et al.'s
+  confidence-based truncation, after dataset cartography).
 
 Lengths are in words (model-free). Pairs are single-preference pairs (`PreferencePair`) or
 dual-preference pairs read by one of their orders (`better` or `safer`); a dual pair
@@ -16,12 +19,13 @@ without that order is left as it is.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from safealign.data.records import DualPreferencePair, PreferencePair, Record
 
 
-def _sides(record: Record, which: str) -> tuple[str, str] | None:
+def preference_sides(record: Record, which: str) -> tuple[str, str] | None:
     """(preferred, other) answer of a pair, or None for a record without that order."""
     if isinstance(record, PreferencePair):
         return record.chosen, record.rejected
@@ -60,7 +64,7 @@ def length_balanced(records: list[Record], which: str = "better", bucket_width: 
     buckets: dict[int, tuple[list[int], list[int]]] = {}
     keep = [True] * len(records)
     for i, record in enumerate(records):
-        sides = _sides(record, which)
+        sides = preference_sides(record, which)
         if sides is None:
             report.not_pairs += 1
             continue
@@ -88,7 +92,7 @@ def off_prompt_pairs(records: list[Record], share: float, which: str = "better",
     if share < 0:
         raise ValueError("share must not be negative")
     rng = random.Random(seed)
-    pairs = [(r, s[0]) for r in records if (s := _sides(r, which)) is not None]
+    pairs = [(r, s[0]) for r in records if (s := preference_sides(r, which)) is not None]
     prompts = {r.prompt for r, _ in pairs}
     if len(prompts) < 2 or share == 0:
         return []
@@ -106,3 +110,63 @@ def off_prompt_pairs(records: list[Record], share: float, which: str = "better",
         out.append(PreferencePair(prompt=record.prompt, chosen=answer, rejected=other_answer, system=record.system,
                                   context=record.context, origin=f"{record.origin}+off-prompt:{other_record.origin}"))
     return out
+
+
+TRUNCATE = ("least", "most", "both")
+
+
+@dataclass
+class TruncationReport:
+    """What `confidence_truncated` kept: read = kept + dropped (kept counts the `not_scored` records, always kept)."""
+
+    read: int = 0
+    kept: int = 0
+    dropped: int = 0
+    not_scored: int = 0  # records without a margin (no such order): always kept
+    mean_margin_before: float = 0.0
+    mean_margin_after: float = 0.0
+    longer_preferred_before: float = 0.0
+    longer_preferred_after: float = 0.0
+
+
+def confidence_truncated(records: list[Record], margins: Sequence[float | None], share: float, drop: str = "least",
+                         which: str = "better") -> tuple[list[Record], TruncationReport]:
+    """The records without the `share` of scored pairs with the lowest (least), highest (most) or both-ends margins.
+
+    `margins[i]` is the first-pass model's score(preferred) − score(other) for `records[i]`
+    (for a cost model, cost(other) − cost(preferred)), or None where it has none; ties in the
+    margin break by position, so the result is deterministic. "both" drops half the share
+    from each end.
+    """
+    if len(margins) != len(records):
+        raise ValueError(f"{len(margins)} margins for {len(records)} records")
+    if not 0 <= share < 1:
+        raise ValueError("share must be in [0, 1)")
+    if drop not in TRUNCATE:
+        raise ValueError(f"drop must be one of {', '.join(TRUNCATE)}, got {drop!r}")
+    scored = [i for i, m in enumerate(margins) if m is not None]
+    order = sorted(scored, key=lambda i: (margins[i], i))  # least confident first
+    count = round(share * len(scored))
+    if drop == "least":
+        gone = set(order[:count])
+    elif drop == "most":
+        gone = set(order[len(order) - count:]) if count else set()
+    else:
+        low = count // 2
+        high = count - low
+        gone = set(order[:low]) | (set(order[len(order) - high:]) if high else set())
+    out = [r for i, r in enumerate(records) if i not in gone]
+    kept_scored = [i for i in scored if i not in gone]
+
+    def mean(index: list[int]) -> float:
+        return sum(margins[i] for i in index) / len(index) if index else 0.0
+
+    def longer_share(index: list[int]) -> float:
+        decided = [(words(s[0]), words(s[1])) for i in index if (s := preference_sides(records[i], which)) is not None]
+        decided = [(a, b) for a, b in decided if a != b]
+        return sum(a > b for a, b in decided) / len(decided) if decided else 0.0
+
+    report = TruncationReport(read=len(records), kept=len(out), dropped=len(gone), not_scored=len(records) - len(scored),
+                              mean_margin_before=mean(scored), mean_margin_after=mean(kept_scored),
+                              longer_preferred_before=longer_share(scored), longer_preferred_after=longer_share(kept_scored))
+    return out, report

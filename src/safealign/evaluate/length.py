@@ -85,6 +85,41 @@ def longer_preferred(pairs: Iterable[tuple[int, int]]) -> dict[str, Any]:
             "length_ties": ties, "share_longer_preferred": longer / decided if decided else None}
 
 
+def pair_length_bias(lengths: Sequence[int], rewards: Sequence[float], preferred: Sequence[bool | None]) -> dict[str, Any]:
+    """Length bias of scored pairs: responses 2k and 2k + 1 form pair k; preferred[i] says whether response i is the labelled one (None: no order).
+
+    Correlations over every response; longer-preferred shares of the labels and of the model;
+    the model's pairwise accuracy against the labels overall and split by whether the
+    labelled answer is the longer or the shorter one (a length-driven model is right on the
+    first and wrong on the second).
+    """
+    label_pairs, model_pairs, reward_ties = [], [], 0
+    right: dict[str, list[bool]] = {"all": [], "longer": [], "shorter": []}  # the model agrees with the label, by which is longer
+    for k in range(0, len(lengths), 2):
+        if preferred[k] is not None:  # a pair with no helpfulness order has no labelled preference to compare
+            best = k if preferred[k] else k + 1
+            other = 2 * k + 1 - best
+            label_pairs.append((lengths[best], lengths[other]))
+            agrees = rewards[best] > rewards[other]
+            right["all"].append(agrees)
+            if lengths[best] != lengths[other]:
+                right["longer" if lengths[best] > lengths[other] else "shorter"].append(agrees)
+        if rewards[k] == rewards[k + 1]:
+            reward_ties += 1  # the reward model prefers neither
+            continue
+        top = k if rewards[k] > rewards[k + 1] else k + 1
+        model_pairs.append((lengths[top], lengths[2 * k + 1 - top]))
+    accuracy = {("accuracy" if part == "all" else f"accuracy_{part}_preferred"): _share(values) for part, values in right.items()}
+    return {"responses": len(lengths), "mean_length": float(np.mean(lengths)),
+            "pearson": pearson(lengths, rewards), "spearman": spearman(lengths, rewards),
+            "labels": longer_preferred(label_pairs),
+            "reward_model": {**longer_preferred(model_pairs), "reward_ties": reward_ties, **accuracy}}
+
+
+def _share(values: list[bool]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def non_length_gain(lengths_before: Sequence[int], rewards_before: Sequence[float],
                     lengths_after: Sequence[int], rewards_after: Sequence[float], width: int = 20) -> dict[str, Any]:
     """Total reward gain and the non-length reward gain of a policy update.
@@ -151,20 +186,7 @@ def preference_bias(model: Any, tokenizer: Any, records: list[Record], unit: str
             sequences.append(encode_dialogue(tokenizer, dialogue(r), text, max_length))
     rewards = score_texts(model, sequences, tokenizer.pad_token_id, batch_size)
     lengths = [response_length(tokenizer, t, unit) for t in texts]
-    label_pairs, model_pairs, reward_ties = [], [], 0
-    for k in range(0, len(texts), 2):
-        if preferred[k] is not None:  # a pair with no helpfulness order has no labelled preference to compare
-            best = k if preferred[k] else k + 1
-            label_pairs.append((lengths[best], lengths[2 * k + 1 - best]))
-        if rewards[k] == rewards[k + 1]:
-            reward_ties += 1  # the reward model prefers neither
-            continue
-        top = k if rewards[k] > rewards[k + 1] else k + 1
-        model_pairs.append((lengths[top], lengths[2 * k + 1 - top]))
-    metrics = {"pairs": len(pairs), "responses": len(texts), "mean_length": float(np.mean(lengths)),
-               "pearson": pearson(lengths, rewards), "spearman": spearman(lengths, rewards),
-               "labels": longer_preferred(label_pairs),
-               "reward_model": {**longer_preferred(model_pairs), "reward_ties": reward_ties}}
+    metrics = {"pairs": len(pairs), **pair_length_bias(lengths, rewards, preferred)}
     return metrics, {"length": lengths, "reward": rewards, "preferred": preferred}
 
 

@@ -36,7 +36,10 @@ class ModelScorer:
 
         self.model = ScoreModel.from_pretrained(folder, dtype=dtype).eval().requires_grad_(False)
         self.tokenizer = load_score_tokenizer(folder)
-        self.max_length = max_length
+        # an encoder such as MiniLM reads at most max_position_embeddings tokens (512): keep the end of longer texts
+        positions = getattr(getattr(self.model, "backbone", None), "config", None)
+        limit = getattr(positions, "max_position_embeddings", None) if positions is not None else None
+        self.max_length = min(max_length, limit) if isinstance(limit, int) and limit > 0 else max_length
         self.batch_size = batch_size
 
     def to(self, device: torch.device) -> ModelScorer:

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +52,12 @@ class ScoreTrainConfig(ModelTrainConfig):
     """Bucket width, in words of the preferred answer, for length_balance."""
     off_prompt_pairs: float = 0.0
     """Reward models: add this share of pairs that prefer a prompt's answer over another prompt's (the off-prompt one rejected)."""
+    confidence_truncation: float = 0.0
+    """Drop this share of the training pairs by a first-pass model's confidence (its margin), then train on the rest."""
+    truncate: Literal["least", "most", "both"] = "least"
+    """Which pairs confidence_truncation drops: the least confident, the most confident, or half from each end."""
+    confidence_model: str | None = None
+    """The first-pass reward/cost model folder whose margins rank the pairs; None: train one with these settings in output_dir/first-pass."""
 
     def validate(self) -> None:
         """Check settings once, early."""
@@ -60,6 +66,10 @@ class ScoreTrainConfig(ModelTrainConfig):
             raise ConfigError(f"length_bucket_width: must be at least 1, got {self.length_bucket_width}")
         if self.off_prompt_pairs < 0:
             raise ConfigError(f"off_prompt_pairs: must not be negative, got {self.off_prompt_pairs}")
+        if not 0 <= self.confidence_truncation < 1:
+            raise ConfigError(f"confidence_truncation: must be in [0, 1), got {self.confidence_truncation}")
+        if self.confidence_model and not self.confidence_truncation:
+            raise ConfigError("confidence_model: given without confidence_truncation")
 
 
 def train_score_model(cfg: ScoreTrainConfig, kind: Kind) -> dict[str, float]:
@@ -67,6 +77,14 @@ def train_score_model(cfg: ScoreTrainConfig, kind: Kind) -> dict[str, float]:
     set_seed(cfg.seed)
     train_records, eval_records = load_records(cfg)
     train_records = _against_length_bias(cfg, kind, train_records)
+    if cfg.confidence_truncation:
+        train_records = _confidence_truncated(cfg, kind, train_records, eval_records)
+    return _fit(cfg, kind, train_records, eval_records)
+
+
+def _fit(cfg: ScoreTrainConfig, kind: Kind, train_records: list[Record], eval_records: list[Record]) -> dict[str, float]:
+    """Build the model and run the shared loop on these records."""
+    set_seed(cfg.seed)
     tokenizer = load_score_tokenizer(cfg.model)
     names = list(ATTRIBUTES) if kind == "attributes" else [kind]
     model = ScoreModel.from_base(
@@ -121,6 +139,41 @@ def _against_length_bias(cfg: ScoreTrainConfig, kind: str, records: list[Record]
         print(f"off-prompt pairs: {len(extra)} added to {len(records)}", flush=True)
         records = records + extra
     return records
+
+
+def _confidence_truncated(cfg: ScoreTrainConfig, kind: Kind, records: list[Record], eval_records: list[Record]) -> list[Record]:
+    """The training pairs less the share a first-pass model is least/most confident about (the evaluation split is never changed)."""
+    from safealign.data.length import preference_sides, confidence_truncated
+    from safealign.inference.scoring import ModelScorer
+
+    if kind == "attributes":
+        raise ConfigError("confidence_truncation: for reward and cost models (pairs), not attribute models")
+    folder = cfg.confidence_model
+    if folder is None:
+        first = replace(cfg, output_dir=str(Path(cfg.output_dir) / "first-pass"), confidence_truncation=0.0,
+                        confidence_model=None, normalize_scores=False)
+        folder = str(Path(first.output_dir) / "model")
+        if (Path(first.output_dir) / "final_metrics.json").is_file() and Path(folder).is_dir():
+            print(f"confidence truncation: the first pass in {first.output_dir} is done, reusing it", flush=True)
+        else:
+            print(f"confidence truncation: a first pass in {first.output_dir}", flush=True)
+            _fit(first, kind, records, eval_records)
+    which = "better" if kind == "reward" else "safer"
+    scored = [(i, r, sides) for i, r in enumerate(records) if (sides := preference_sides(r, which)) is not None]
+    scorer = ModelScorer(folder, max_length=cfg.max_length, batch_size=2 * cfg.per_device_batch_size, dtype=cfg.dtype)
+    scorer.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    turns = [dialogue(r) for _, r, _ in scored]
+    preferred = scorer(turns, [s[0] for _, _, s in scored], []).tolist()
+    other = scorer(turns, [s[1] for _, _, s in scored], []).tolist()
+    margins: list[float | None] = [None] * len(records)
+    for (i, _, _), p, o in zip(scored, preferred, other):
+        margins[i] = p - o if kind == "reward" else o - p  # a cost model is confident when the less safe answer costs more
+    kept, report = confidence_truncated(records, margins, cfg.confidence_truncation, cfg.truncate, which)
+    print(f"confidence truncation ({cfg.truncate} confident, by {folder}): read {report.read} | kept {report.kept} | "
+          f"dropped {report.dropped}{f' ({report.not_scored} without that order, kept)' if report.not_scored else ''}; mean margin {report.mean_margin_before:.3f} → {report.mean_margin_after:.3f}; "
+          f"the preferred answer is the longer in {report.longer_preferred_before:.3f} of unequal pairs before, "
+          f"{report.longer_preferred_after:.3f} after", flush=True)
+    return kept
 
 
 def _pair_examples(records: list[Record], kind: str, tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
