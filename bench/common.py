@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -15,14 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from safealign.models.tiny import save_tiny_llama, tiny_llama_config, tiny_tokenizer  # noqa: E402
 
-__all__ = ["WindowProbe", "build_tiny_llama", "clean_steps", "cpu_snapshot", "foreign_cores", "peak_rss_note",
-           "prompts", "retry_until_clean", "run_worker", "tiny_llama_config", "tiny_tokenizer", "wait_for_quiet"]
+__all__ = ["WindowProbe", "build_tiny_llama", "clean_steps", "cpu_snapshot", "foreign_cores", "free_port", "peak_rss_note",
+           "prompts", "retry_until_clean", "run_worker", "tiny_llama_config", "tiny_tokenizer", "wait_for_quiet", "wait_until_up"]
 
 
 def build_tiny_llama(folder: Path, seed: int = 0, max_positions: int = 2048) -> Path:
@@ -154,3 +157,23 @@ def retry_until_clean(run: Callable[[], dict[str, Any]], retries: int, clean: Ca
     if not usable(best):
         raise SystemExit(f"{label}: no undisturbed step in {len(tries)} runs; try again on a quieter machine")
     return best
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(base: str, proc: subprocess.Popen, timeout: float = 120) -> dict:
+    """/healthz of the server once it answers; fails if it exits or takes longer than `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode}")
+        try:
+            return httpx.get(f"{base}/healthz", timeout=2).json()
+        except httpx.TransportError:
+            time.sleep(0.25)
+    raise RuntimeError(f"server did not answer within {timeout:.0f} s")

@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ import time
 from pathlib import Path
 
 import httpx
-from common import cpu_snapshot, wait_for_quiet  # bench/ is on the path: see bench/common.py
+from common import cpu_snapshot, free_port, wait_for_quiet, wait_until_up  # bench/ is on the path: see bench/common.py
 
 from safealign.assets import sample_path
 
@@ -66,25 +65,6 @@ def train_fast_moderator(folder: Path) -> Path:
            "--max_steps", "10", "--per_device_batch_size", "16", "--save_every", "0", "--eval_every", "0"]
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     return folder / "model"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_up(base: str, proc: subprocess.Popen, timeout: float = 120) -> dict:
-    """/healthz of the server once it answers; fails if it exits or takes longer than `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with code {proc.returncode}")
-        try:
-            return httpx.get(f"{base}/healthz", timeout=2).json()
-        except httpx.TransportError:
-            time.sleep(0.25)
-    raise RuntimeError(f"server did not answer within {timeout:.0f} s")
 
 
 async def load(base: str, payloads: list[bytes], concurrency: int, total: int, duration: float,

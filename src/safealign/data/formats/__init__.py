@@ -54,7 +54,7 @@ FORMATS: dict[str, Format] = {
         Format("canonical", "safealign canonical records (any record_type), as written by `data convert`", "any",
                canonical.parse, detect=canonical.detect),
         Format("pku-saferlhf-v1", "PKU-SafeRLHF v1: dual preference, 19 harm categories, severity, sha256",
-               "dual_preference", pku.parse_v1, pku.V1_FIELDS),
+               "dual_preference", pku.parse_v1, pku.V1_FIELDS, pku.V1_OPTIONAL),
         Format("pku-saferlhf-v0", "PKU-SafeRLHF v0: dual preference with safety labels, no categories",
                "dual_preference", pku.parse_v0, pku.V0_FIELDS),
         Format("pku-saferlhf-single-dimension", "PKU-SafeRLHF-single-dimension: one preference trading off both, sha256",

@@ -24,6 +24,7 @@ V1_FIELDS = V0_FIELDS | {
     "response_0_sha256",
     "response_1_sha256",
 }
+V1_OPTIONAL = frozenset({"meta"})  # safealign's own block (machine pre-labels, annotators' raw labels); kept on the record
 QA_REQUIRED = frozenset({"prompt", "response", "is_safe", "harm_category", "severity_level"})
 QA_OPTIONAL = frozenset({"prompt_source", "response_source", "response_sha256"})
 
@@ -39,7 +40,40 @@ def parse_v1(row: dict[str, Any], textual: bool) -> DualPreferencePair:
     levels = tuple(f.severity(row, f"response_{i}_severity_level", textual) for i in (0, 1))
     for i in (0, 1):
         f.check_safety(f"is_response_{i}_safe", safe[i], cats[i], levels[i])
-    return _pair(row, textual, prompt, responses, safe, cats, levels)
+    pair = _pair(row, textual, prompt, responses, safe, cats, levels)
+    if row.get("meta") is not None:
+        if type(row["meta"]) is not dict:
+            raise RecordError("meta", "expected an object")
+        pair.meta = row["meta"]
+    return pair
+
+
+def response_sha256(prompt: str, response: str) -> str:
+    """PKU-SafeRLHF's `response_i_sha256`: sha256 of prompt + response, as hex."""
+    return sha256((prompt + response).encode("utf-8")).hexdigest()
+
+
+def to_v1_row(pair: DualPreferencePair) -> dict[str, Any]:
+    """A fully labelled dual pair as a PKU-SafeRLHF v1 row (plus `meta` when the pair has one) that `parse_v1` reads back."""
+    if pair.is_response_0_safe is None or pair.is_response_1_safe is None or pair.better_response_id is None:
+        raise RecordError("is_response_0_safe", "a v1 row needs both safety labels and both preferences")
+    row: dict[str, Any] = {"prompt": pair.prompt, "response_0": pair.response_0, "response_1": pair.response_1,
+                           "prompt_source": pair.prompt_source or "", "response_0_source": pair.response_0_source or "",
+                           "response_1_source": pair.response_1_source or ""}
+    for i in (0, 1):
+        harmed = set(pair.harm_categories(i))
+        level = pair.severity(i)
+        row[f"is_response_{i}_safe"] = pair.is_safe(i)
+        row[f"response_{i}_harm_category"] = {c: c in harmed for c in PKU_CATEGORIES.categories}
+        if level is None:
+            raise RecordError(f"response_{i}_severity_level", "a v1 row needs a severity level for both responses")
+        row[f"response_{i}_severity_level"] = level
+        row[f"response_{i}_sha256"] = response_sha256(pair.prompt, pair.response(i))
+    row["better_response_id"] = pair.better_response_id
+    row["safer_response_id"] = pair.safer_response_id
+    if pair.meta is not None:
+        row["meta"] = pair.meta
+    return row
 
 
 def parse_v0(row: dict[str, Any], textual: bool) -> DualPreferencePair:

@@ -1,0 +1,1 @@
+"""Build dual-preference data and label it: `build pairs`, the annotation studio (store, web app), agreement, import/export."""
