@@ -20,6 +20,8 @@ ALLOWED: dict[str, set[str] | None] = {
     "moderation": {"data", "models", "inference", "losses", "config", "train"},
     "evaluate": {"data", "models", "inference", "config", "moderation"},
     "audit": {"data", "models"},
+    "annotate": {"data", "models", "inference", "moderation", "config"},
+    "steer": {"data", "models", "inference", "config", "evaluate", "moderation"},
 }
 
 

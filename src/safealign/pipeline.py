@@ -62,7 +62,10 @@ def _kinds() -> dict[str, tuple[type, Callable[[Any], dict[str, Any]]]]:
     from safealign.train.dpo import DPOConfig, train_dpo
     from safealign.train.ppo import PPOConfig, train_ppo
     from safealign.train.score import ScoreTrainConfig, train_score_model
-    from safealign.train.sft import SFTConfig, train_sft
+    from safealign.steer.evaluate import AdherenceEvalConfig, SteerEvalConfig, run_adherence_eval, run_steer_eval
+    from safealign.steer.janus import JanusBuildConfig, run_janus_build
+    from safealign.steer.label import LabelAttributesConfig, run_label_attributes
+    from safealign.train.sft import SFTConfig, SteerLMConfig, train_sft
 
     return {
         "train-reward": (ScoreTrainConfig, lambda c: train_score_model(c, "reward")),
@@ -70,6 +73,11 @@ def _kinds() -> dict[str, tuple[type, Callable[[Any], dict[str, Any]]]]:
         "train-attributes": (ScoreTrainConfig, lambda c: train_score_model(c, "attributes")),
         "train-moderation": (ModerationConfig, train_moderator),
         "sft": (SFTConfig, train_sft),
+        "steerlm": (SteerLMConfig, train_sft),
+        "label-attributes": (LabelAttributesConfig, lambda c: run_label_attributes(c)["filled"]),
+        "build-janus": (JanusBuildConfig, lambda c: {"made": run_janus_build(c)["made"]}),
+        "eval-steer": (SteerEvalConfig, run_steer_eval),
+        "eval-adherence": (AdherenceEvalConfig, run_adherence_eval),
         "dpo": (DPOConfig, train_dpo),
         "ppo": (PPOConfig, lambda c: train_ppo(c, "ppo")),
         "ppo-lag": (PPOConfig, lambda c: train_ppo(c, "ppo-lag")),
@@ -83,8 +91,9 @@ def _kinds() -> dict[str, tuple[type, Callable[[Any], dict[str, Any]]]]:
     }
 
 
-STAGE_KINDS = ("train-reward", "train-cost", "train-attributes", "train-moderation", "sft", "dpo", "ppo", "ppo-lag",
-               "ppo-shaping", "eval-safety", "eval-preference", "eval-moderation", "eval-arena", "eval-length", "guard", "report")
+STAGE_KINDS = ("train-reward", "train-cost", "train-attributes", "train-moderation", "sft", "steerlm", "label-attributes",
+               "build-janus", "dpo", "ppo", "ppo-lag", "ppo-shaping", "eval-safety", "eval-preference", "eval-moderation",
+               "eval-arena", "eval-length", "eval-steer", "eval-adherence", "guard", "report")
 
 
 @dataclass

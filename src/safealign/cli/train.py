@@ -46,6 +46,8 @@ for _name, (_cls, _module, _function), _args, _help in (
      "Train a severity-sensitive moderator (unsafe, harm categories, severity) on QA records."),
     ("sft", ("safealign.train.sft:SFTConfig", "safealign.train.sft", "train_sft"), (),
      "Supervised fine-tuning of a policy on responses (prompt tokens masked out of the loss)."),
+    ("steerlm", ("safealign.train.sft:SteerLMConfig", "safealign.train.sft", "train_sft"), (),
+     "SteerLM: SFT conditioned on each response's attribute values (ask for values at inference with --attributes)."),
     ("dpo", ("safealign.train.dpo:DPOConfig", "safealign.train.dpo", "train_dpo"), (),
      "DPO or SafeDPO (--loss safe-dpo) of a policy on preference pairs."),
     ("ppo", _PPO, ("ppo",), "PPO of a policy against a reward model (cost only logged)."),

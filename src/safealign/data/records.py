@@ -115,6 +115,7 @@ class AttributeRecord:
     coherence: float | None = None
     complexity: float | None = None
     verbosity: float | None = None
+    harmlessness: float | None = None  # a steering attribute (SteerLM), 0–4; not one of the attribute model's five
     system: str | None = None
     context: tuple[Turn, ...] = ()
     source: str | None = None

@@ -12,7 +12,7 @@ rating is 1000 and P(i beats j) = 1 / (1 + 10^((R_j − R_i)/400)).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import numpy as np
 from safealign.config import ConfigError, at_least_one
 from safealign.data.errors import DataError
 from safealign.data.records import Record, dialogue
-from safealign.inference.settings import SamplingSettings, validate_device
+from safealign.inference.settings import PromptConditioning, SamplingSettings, validate_device
 
 RATING_BASE = 1000.0
 RATING_SCALE = 400.0 / math.log(10.0)  # rating points per unit of log-strength
@@ -170,7 +170,7 @@ def arena_report(names: list[str], rewards: np.ndarray, costs: np.ndarray, tie_e
 
 
 def answer_prompts(policy: str, records: list[Record], settings: Any, batch_size: int, seed: int,
-                   device: str = "cpu") -> list[str]:
+                   device: str = "cpu", condition: Callable[[Record], Record] | None = None) -> list[str]:
     """One answer per record from `policy`, seeded afresh so no policy depends on the order they run in."""
     from accelerate.utils import set_seed
 
@@ -178,7 +178,7 @@ def answer_prompts(policy: str, records: list[Record], settings: Any, batch_size
 
     model, tokenizer = load_generator(policy, device=device)
     set_seed(seed)
-    answers = [answer for _, answer in generate_answers(model, tokenizer, records, settings, batch_size)]
+    answers = [answer for _, answer in generate_answers(model, tokenizer, records, settings, batch_size, condition=condition)]
     del model  # one policy in memory at a time
     return answers
 
@@ -195,7 +195,8 @@ def guarded_answers(policy: str, records: list[Record], cfg: ArenaConfig) -> lis
     prompt_moderator = Moderator.load(cfg.guard_prompt_moderator).to(device) if cfg.guard_prompt_moderator else None
     guard = Guard(model, tokenizer, moderator, cfg.guard_rounds, sampling=cfg.sampling(), batch_size=cfg.batch_size,
                   prompt_moderator=prompt_moderator)
-    answers = [g.answer for g in guard([dialogue(r) for r in records])]
+    condition = cfg.conditioning() or (lambda r: r)
+    answers = [g.answer for g in guard([dialogue(condition(r)) for r in records])]
     del model, guard
     return answers
 
@@ -268,7 +269,7 @@ def write_arena_figure(report: dict[str, Any], path: Any) -> None:
 
 
 @dataclass(kw_only=True)
-class ArenaConfig(SamplingSettings):
+class ArenaConfig(SamplingSettings, PromptConditioning):
     """`safealign eval arena`: policies answer the same prompts, a reward and a cost model judge (sampling fields from `SamplingSettings`)."""
 
     reward: str
@@ -315,6 +316,7 @@ class ArenaConfig(SamplingSettings):
     def validate(self) -> None:
         """Check settings once, early (the policy list too)."""
         self.validate_sampling()
+        self.validate_conditioning()
         at_least_one(self, "limit", "batch_size", "max_length", "threads", "guard_rounds")
         validate_device(self.device)
         if self.bootstrap < 0 or self.tie_eps < 0 or self.prior < 0:
@@ -365,7 +367,8 @@ def run_arena(cfg: ArenaConfig) -> tuple[dict[str, Any], list[Path]]:
     if not records:
         raise DataError("no prompts to answer")
     settings = cfg.sampling()
-    answers = [answer_prompts(path, records, settings, cfg.batch_size, cfg.seed, cfg.device) for path in policies.values()]
+    answers = [answer_prompts(path, records, settings, cfg.batch_size, cfg.seed, cfg.device, cfg.conditioning())
+               for path in policies.values()]
     for name in cfg.guard:
         answers.append(guarded_answers(policies[name], records, cfg))
         policies = {**policies, f"{name}+guard": policies[name]}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from safealign.data.records import PromptRecord, Record, dialogue
 from safealign.evaluate.refusal import bootstrap_mean_interval, is_refusal
 from safealign.inference.generate import generate_answers
 from safealign.inference.sampling import SamplingSettings
-from safealign.inference.settings import validate_device
+from safealign.inference.settings import PromptConditioning, validate_device
 from safealign.inference.scoring import ModelScorer
 from safealign.moderation.model import Moderator
 
@@ -38,9 +39,10 @@ def evaluate_safety(
     reward: ModelScorer | None = None,
     cost: ModelScorer | None = None,
     batch_size: int = 8,
+    condition: Callable[[Record], Record] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(metrics, one row per prompt with the answer, verdict and scores)."""
-    answers = [answer for _, answer in generate_answers(policy, tokenizer, records, settings, batch_size)]
+    """(metrics, one row per prompt with the answer, verdict and scores); `condition` changes what the policy reads, not what is judged."""
+    answers = [answer for _, answer in generate_answers(policy, tokenizer, records, settings, batch_size, condition=condition)]
     dialogues = [dialogue(r) for r in records]
     verdicts = moderator.predict(dialogues, answers)
     rewards = reward(dialogues, answers, []).tolist() if reward is not None else None
@@ -121,7 +123,7 @@ def write_outputs(metrics: dict[str, Any], rows: list[dict[str, Any]], out: Path
 
 
 @dataclass(kw_only=True)
-class SafetyEvalConfig(SamplingSettings):
+class SafetyEvalConfig(SamplingSettings, PromptConditioning):
     """Sample answers from a policy for a prompt set and judge them (sampling fields from `SamplingSettings`)."""
 
     policy: str
@@ -152,6 +154,7 @@ class SafetyEvalConfig(SamplingSettings):
     def validate(self) -> None:
         """Check settings once, early."""
         self.validate_sampling()
+        self.validate_conditioning()
         at_least_one(self, "per_category", "limit", "batch_size", "safe_limit")
         for name in ("policy", "moderator"):
             if not getattr(self, name):
@@ -179,13 +182,15 @@ def run_safety_eval(cfg: SafetyEvalConfig) -> dict[str, Any]:
     set_seed(cfg.seed)
     reward = ModelScorer(cfg.reward).to(device) if cfg.reward else None
     cost = ModelScorer(cfg.cost).to(device) if cfg.cost else None
-    metrics, rows = evaluate_safety(model, tokenizer, records, judge, cfg.sampling(), reward, cost, cfg.batch_size)
+    metrics, rows = evaluate_safety(model, tokenizer, records, judge, cfg.sampling(), reward, cost, cfg.batch_size,
+                                    cfg.conditioning())
     if cfg.safe_prompts:
         safe, left_out = labelled_safe(load(cfg.safe_prompts).records)
         safe = safe[: cfg.safe_limit]
         if not safe:
             raise ConfigError(f"safe_prompts: no prompt labelled safe in {', '.join(cfg.safe_prompts)} ({left_out} left out)")
-        safe_metrics, safe_rows = evaluate_safety(model, tokenizer, safe, judge, cfg.sampling(), None, None, cfg.batch_size)
+        safe_metrics, safe_rows = evaluate_safety(model, tokenizer, safe, judge, cfg.sampling(), None, None, cfg.batch_size,
+                                                 cfg.conditioning())
         metrics["safe_prompts"] = {**safe_metrics["overall"], "not_labelled_safe": left_out}
         rows += [{**row, "set": "safe_prompts"} for row in safe_rows]
     write_outputs(metrics, rows, Path(cfg.output_dir))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +11,7 @@ import torch
 from safealign.config import at_least_one
 from safealign.data.records import Record, dialogue
 from safealign.inference.sampling import SamplingSettings, encode_prompts, row_seed, sample
-from safealign.inference.settings import validate_device
+from safealign.inference.settings import PromptConditioning, validate_device
 
 
 def generate_answers(
@@ -21,8 +21,9 @@ def generate_answers(
     settings: SamplingSettings,
     batch_size: int = 8,
     max_prompt_length: int = 512,
+    condition: Callable[[Record], Record] | None = None,
 ) -> Iterator[tuple[Record, str]]:
-    """(record, answer) for every record, in order.
+    """(record, answer) for every record, in order; `condition` rewrites what the policy reads (system message, attributes).
 
     Record i is sampled with `row_seed(settings.seed, i)`: its answer is the same whatever the
     batch size, and two policies answering the same prompts draw from the same noise.
@@ -31,7 +32,8 @@ def generate_answers(
     model.eval()
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        ids, mask = encode_prompts(tokenizer, [dialogue(r) for r in chunk], max_prompt_length)
+        shown = [condition(r) for r in chunk] if condition else chunk
+        ids, mask = encode_prompts(tokenizer, [dialogue(r) for r in shown], max_prompt_length)
         seeds = [row_seed(settings.seed, i) for i in range(start, start + len(chunk))]
         with torch.no_grad():
             rollout = sample(model, tokenizer, ids.to(device), mask.to(device), settings, seeds)
@@ -50,7 +52,7 @@ def load_generator(name_or_path: str, dtype: str = "float32", device: str = "cpu
 
 
 @dataclass(kw_only=True)
-class GenerateConfig(SamplingSettings):
+class GenerateConfig(SamplingSettings, PromptConditioning):
     """`safealign generate`: answers from a policy for every prompt, as JSON Lines (sampling fields from `SamplingSettings`)."""
 
     model: str
@@ -73,6 +75,7 @@ class GenerateConfig(SamplingSettings):
     def validate(self) -> None:
         """Check settings once, early."""
         self.validate_sampling()
+        self.validate_conditioning()
         at_least_one(self, "batch_size", "limit", "threads")
         validate_device(self.device)
 
@@ -97,7 +100,8 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
     started = time.perf_counter()
     n = 0
     with open(out, "w", encoding="utf-8") as f:
-        for record, answer in generate_answers(policy, tokenizer, records, cfg.sampling(), cfg.batch_size):
+        for record, answer in generate_answers(policy, tokenizer, records, cfg.sampling(), cfg.batch_size,
+                                                 condition=cfg.conditioning()):
             row = {"prompt": record.prompt, "category": getattr(record, "category", None), "response": answer, "origin": record.origin}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
 
 
 @dataclass
@@ -50,6 +53,51 @@ class SamplingSettings:
     def sampling(self) -> SamplingSettings:
         """These settings alone, from a config class that extends them."""
         return SamplingSettings(**{f.name: getattr(self, f.name) for f in fields(SamplingSettings)})
+
+
+@dataclass(kw_only=True)
+class PromptConditioning:
+    """What the policy is asked for besides the prompt: a system message and SteerLM attribute values.
+
+    Generation commands extend this class; the conditioning changes what the policy reads,
+    never what the judges score (they see the record's own conversation).
+    """
+
+    system: str | None = None
+    """A system message for every prompt (TEXT, or a FILE that holds it), in place of the records' own."""
+    attributes: str | None = None
+    """SteerLM attribute values to ask for, e.g. "helpfulness:4,verbosity:1,harmlessness:4" (0-4 each)."""
+    attributes_style: Literal["system", "nemo"] = "system"
+    """How the attribute values are rendered: a system line, or NeMo-Aligner's <extra_id_2> line after the prompt (as the policy was trained)."""
+
+    def validate_conditioning(self) -> None:
+        """Parse the attribute values once, early (a ConfigError names the field)."""
+        from safealign.config import ConfigError
+        from safealign.data.errors import DataError
+        from safealign.data.steer import parse_attributes
+
+        if self.attributes is not None:
+            try:
+                parse_attributes(self.attributes)
+            except DataError as exc:
+                raise ConfigError(str(exc)) from None
+
+    def conditioning(self) -> Callable[[Any], Any] | None:
+        """record → the record as the policy should read it, or None when nothing is asked for."""
+        from safealign.data.steer import conditioned, parse_attributes, with_system
+
+        if self.system is None and self.attributes is None:
+            return None
+        system = self.system
+        if system is not None and "\n" not in system and len(system) < 4096 and Path(system).is_file():
+            system = Path(system).read_text(encoding="utf-8").strip()
+        values = parse_attributes(self.attributes) if self.attributes is not None else None
+
+        def apply(record: Any) -> Any:
+            record = with_system(record, system)
+            return conditioned(record, values, self.attributes_style) if values else record
+
+        return apply
 
 
 def validate_device(name: str) -> None:

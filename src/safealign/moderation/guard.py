@@ -14,7 +14,7 @@ from typing import Any
 
 from safealign.config import ConfigError, at_least_one
 from safealign.inference.sampling import SamplingSettings, encode_prompts, row_seed, sample
-from safealign.inference.settings import validate_device
+from safealign.inference.settings import PromptConditioning, validate_device
 from safealign.moderation.model import Moderator, Verdict
 
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that."
@@ -126,7 +126,7 @@ def guard_summary(dialogues: list[list[dict[str, str]]], guarded: list[Guarded],
 
 
 @dataclass(kw_only=True)
-class GuardConfig(SamplingSettings):
+class GuardConfig(SamplingSettings, PromptConditioning):
     """`safealign guard`: a policy behind a prompt moderator and a response moderator (sampling fields from `SamplingSettings`)."""
 
     policy: str
@@ -161,6 +161,7 @@ class GuardConfig(SamplingSettings):
     def validate(self) -> None:
         """Check settings once, early."""
         self.validate_sampling()
+        self.validate_conditioning()
         at_least_one(self, "rounds", "limit", "batch_size")
         validate_device(self.device)
         if self.rounds > 1 and self.temperature == 0:
@@ -192,7 +193,8 @@ def run_guard(cfg: GuardConfig) -> dict[str, Any]:
             if not specs:
                 continue
             records = load(specs, cfg.format).records[: cfg.limit]
-            dialogues = [dialogue(r) for r in records]
+            condition = cfg.conditioning() or (lambda r: r)
+            dialogues = [dialogue(condition(r)) for r in records]  # the guard's moderators read what the policy read
             guarded = guard(dialogues, answer_refused=True)
             metrics[name] = guard_summary(dialogues, guarded, judge)
             for record, g in zip(records, guarded):

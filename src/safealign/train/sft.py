@@ -9,7 +9,7 @@ teaches is set by `SFTConfig.response` and `SFTConfig.safe_only`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from safealign.data.errors import DataError
 from safealign.data.records import AttributeRecord, DualPreferencePair, PreferencePair, QARecord, Record, dialogue
+from safealign.data.steer import STEER_ATTRIBUTES, conditioned
 from safealign.train.loop import Task, train
 from safealign.train.config import ModelTrainConfig, load_records, write_run_config
 from safealign.train.policy import (
@@ -52,6 +53,8 @@ def train_sft(cfg: SFTConfig) -> dict[str, float]:
     """
     set_seed(cfg.seed)
     train_records, eval_records = load_records(cfg)
+    if isinstance(cfg, SteerLMConfig):
+        train_records, eval_records = steerlm_records(train_records, cfg), steerlm_records(eval_records, cfg)
     model, tokenizer = load_policy(cfg.model, dtype=cfg.dtype, lora=cfg.lora, gradient_checkpointing=cfg.gradient_checkpointing)
     train_examples = sft_examples(train_records, cfg, tokenizer, "training")
     eval_examples = sft_examples(eval_records, cfg, tokenizer, "evaluation")
@@ -59,7 +62,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, float]:
         raise DataError(f"sft: none of the {len(train_records)} training records has a response to learn "
                         f"(response={cfg.response}, safe_only={cfg.safe_only}); try safe_only: false")
     print(f"sft: {len(train_examples)} training and {len(eval_examples)} evaluation examples", flush=True)
-    write_run_config(cfg, "sft")
+    write_run_config(cfg, "steerlm" if isinstance(cfg, SteerLMConfig) else "sft")
     pad_id = tokenizer.pad_token_id
     task = Task(
         model=model,
@@ -73,6 +76,44 @@ def train_sft(cfg: SFTConfig) -> dict[str, float]:
         summarize=_summarize,
     )
     return train(task, cfg)
+
+
+@dataclass
+class SteerLMConfig(SFTConfig):
+    """Attribute-conditioned SFT (SteerLM): each response is learned with its attribute values in the conversation."""
+
+    attributes_style: Literal["system", "nemo"] = "system"
+    """How the values are rendered: a system line (chat templates), or NeMo-Aligner's <extra_id_2>name:value,... after the prompt."""
+    condition_on: list[str] = field(default_factory=lambda: list(STEER_ATTRIBUTES))
+    """The attributes rendered (those a record has; a record with none is learned unconditioned)."""
+    min_harmlessness: float = 0.0
+    """Responses whose harmlessness is below this are not learned (kept: those without a harmlessness value)."""
+
+    def validate(self) -> None:
+        """Check settings once, early."""
+        super().validate()
+        unknown = [name for name in self.condition_on if name not in STEER_ATTRIBUTES]
+        if unknown:
+            from safealign.config import ConfigError
+
+            raise ConfigError(f"condition_on: {unknown[0]!r}: not an attribute ({', '.join(STEER_ATTRIBUTES)})")
+
+
+def steerlm_records(records: list[Record], cfg: SteerLMConfig) -> list[Record]:
+    """Attribute records conditioned on their own (rounded) values; others are an error: SteerLM learns from attribute records."""
+    out = []
+    for r in records:
+        if not isinstance(r, AttributeRecord):
+            raise DataError(f"{r.origin}: steerlm learns from attribute records (e.g. `safealign label attributes` output), "
+                            f"not {r.record_type} records")
+        if r.harmlessness is not None and r.harmlessness < cfg.min_harmlessness:
+            continue
+        values = {name: int(round(getattr(r, name))) for name in cfg.condition_on if getattr(r, name) is not None}
+        out.append(conditioned(r, values, cfg.attributes_style) if values else r)
+    if len(out) < len(records):
+        print(f"steerlm: left out {len(records) - len(out)} of {len(records)} responses below harmlessness {cfg.min_harmlessness}",
+              flush=True)
+    return out
 
 
 def sft_examples(records: list[Record], cfg: SFTConfig, tokenizer: Any, split: str = "training") -> list[dict[str, list[int]]]:

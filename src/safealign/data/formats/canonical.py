@@ -70,7 +70,7 @@ def _value(row: dict[str, Any], name: str, textual: bool, taxonomy: str | None) 
         return f.response_id(row, name, textual)
     if name in _LEVELS:
         return f.optional_severity(row, name, textual)
-    if name in ATTRIBUTES:
+    if name in ATTRIBUTES or name == "harmlessness":
         return f.score(row, name, textual)
     if name in _CATEGORY_LISTS:
         return _categories(row, name, taxonomy)

@@ -1,0 +1,1 @@
+"""Steerable policies: SteerLM attribute labels and Janus-style system-message preferences."""
