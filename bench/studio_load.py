@@ -5,7 +5,7 @@ pairs, no real data), logs N annotators in, and has each loop: fetch its next it
 /annotate), think for a moment, submit labels (POST /api/answers). Prints the p50/p95/p99
 submit latency, the page latency, errors, and the ratio of p99 to the target (100 ms).
 
-    .venv/bin/python bench/studio_load.py [--annotators 20] [--seconds 60] [--think 0.2]
+    .venv/bin/python bench/studio_load.py [--annotators 20] [--seconds 60] [--think 1.0]
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--annotators", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--think", type=float, default=0.2, help="mean seconds between an item's page and its submit")
+    parser.add_argument("--think", type=float, default=1.0,
+                        help="mean seconds between an item's page and its submit (1 s: ~30x a person's pace)")
     parser.add_argument("--items", type=int, default=5000)
     parser.add_argument("--overlap", type=int, default=2)
     args = parser.parse_args()

@@ -116,6 +116,21 @@ def test_store_queue_overlap_and_refusals(tmp_path):
     assert store.progress(users["ann1"]) == (1, 3)
 
 
+def test_an_item_shown_is_held_for_its_annotator(tmp_path):
+    store = _store(tmp_path, overlap=1)
+    store.add_items(_items(3))
+    users = []
+    for name in ("a1", "a2", "a3", "a4"):
+        store.add_user(name, f"password-{name}")
+        users.append(store.login(name, f"password-{name}")[1])
+    shown = [store.next_item(u).id for u in users[:3]]
+    assert shown == [1, 2, 3]  # with overlap 1 nobody is shown an item another annotator holds
+    assert store.next_item(users[0]).id == 1  # a reload shows the same item
+    store.submit(users[0], 1, "answered", labels())
+    assert store.next_item(users[0]).id not in (1,) and store.next_item(users[3]) is not None
+    assert store.next_item(users[0]).id == store.next_item(users[0]).id
+
+
 def test_two_annotators_answering_the_same_item_at_once_both_keep_their_answers(tmp_path):
     store = _store(tmp_path, overlap=2)
     store.add_items(_items(1))

@@ -14,6 +14,8 @@ import hashlib
 import hmac
 import json
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from safealign.annotate.labels import PairLabels, parse_labels
 ROLES = ("annotator", "admin")
 STATUSES = ("answered", "skipped", "flagged")
 SESSION_HOURS = 12
+RESERVATION_SECONDS = 900  # an item shown to an annotator is held for them this long (or until they answer it)
 
 
 class Base(DeclarativeBase):
@@ -166,6 +169,10 @@ class Store:
         self.overlap = overlap
         self.engine = connect(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Reservations live in this process: advisory (a submit to a full item is still refused by the
+        # database), so they need no disk write per page view and need not survive a restart.
+        self._reserved: dict[int, dict[int, float]] = {}  # item id -> {user id: expiry (monotonic seconds)}
+        self._lock = threading.Lock()
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -251,16 +258,45 @@ class Store:
         with self.transaction() as s:
             return s.get(Item, item_id)
 
-    def next_item(self, user: CurrentUser) -> Item | None:
-        """The user's next item: one they have not answered (or skipped) with fewer than `overlap` answers, fullest first."""
-        with self.transaction() as s:
-            mine = select(Answer.item_id).where(Answer.user_id == user.id)
-            counts = (select(Answer.item_id, func.count().label("n")).where(Answer.status != "skipped")
-                      .group_by(Answer.item_id).subquery())
-            n = func.coalesce(counts.c.n, 0)
-            query = (select(Item).outerjoin(counts, counts.c.item_id == Item.id)
-                     .where(Item.id.not_in(mine), n < self.overlap).order_by(n.desc(), Item.id).limit(1))
-            return s.scalars(query).first()
+    def next_item(self, user: CurrentUser, candidates: int = 64) -> Item | None:
+        """The user's next item, held for them: one they have not answered (or skipped) whose answers plus other
+        annotators' live reservations are fewer than `overlap`; the one they hold already, else the fullest first."""
+        mine = select(Answer.item_id).where(Answer.user_id == user.id)
+        counts = (select(Answer.item_id, func.count().label("n")).where(Answer.status != "skipped")
+                  .group_by(Answer.item_id).subquery())
+        n = func.coalesce(counts.c.n, 0)
+        query = (select(Item.id, n).outerjoin(counts, counts.c.item_id == Item.id)
+                 .where(Item.id.not_in(mine), n < self.overlap).order_by(n.desc(), Item.id).limit(candidates))
+        # The read and the reservation under one lock that `release` (after each answer's commit) takes too:
+        # no choice is made from counts older than a reservation already dropped.
+        with self.transaction() as s, self._lock:
+            rows = list(s.execute(query))
+            now = time.monotonic()
+            held = [item_id for item_id, _ in rows if self._reserved.get(item_id, {}).get(user.id, 0) > now]
+            chosen = held[0] if held else None
+            for item_id, answered in rows:
+                if chosen is not None:
+                    break
+                others = sum(1 for uid, until in self._reserved.get(item_id, {}).items() if uid != user.id and until > now)
+                if answered + others < self.overlap:
+                    chosen = item_id
+            if chosen is None and rows:
+                chosen = rows[0][0]  # every candidate is held by others: share the fullest rather than show nothing
+            if chosen is not None:
+                holders = self._reserved.setdefault(chosen, {})
+                for uid in [uid for uid, until in holders.items() if until <= now]:
+                    del holders[uid]
+                holders[user.id] = now + RESERVATION_SECONDS
+            return s.get(Item, chosen) if chosen is not None else None
+
+    def release(self, user: CurrentUser, item_id: int) -> None:
+        """Drop the user's reservation of an item (after their answer)."""
+        with self._lock:
+            holders = self._reserved.get(item_id)
+            if holders is not None:
+                holders.pop(user.id, None)
+                if not holders:
+                    del self._reserved[item_id]
 
     def progress(self, user: CurrentUser) -> tuple[int, int]:
         """(items this user has done, items this user could still get + done)."""
@@ -305,7 +341,9 @@ class Store:
             answer.seconds = seconds
             answer.created = datetime.now(UTC)
             s.flush()
-            return answer.id
+            answer_id = answer.id
+        self.release(user, item_id)  # after the commit
+        return answer_id
 
     def answers(self, item_id: int | None = None) -> list[dict[str, Any]]:
         """Answers (of one item, or all) with the annotator's name, oldest first."""
