@@ -388,7 +388,7 @@ def test_a_killed_server_keeps_every_confirmed_answer(tmp_path):
 # --- as a person uses it: a real headless Chromium --------------------------------------------
 
 
-def _chrome():
+def _chrome(scratch: Path):
     import shutil
 
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
@@ -399,9 +399,12 @@ def _chrome():
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1280,1400"):
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1280,1400",
+                 f"--user-data-dir={scratch / 'profile'}"):
         options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    # the browser's profile, crash reports and GTK caches go to the test's folder, never the user's HOME
+    env = {**os.environ, "HOME": str(scratch), "XDG_CONFIG_HOME": str(scratch / "config"), "XDG_CACHE_HOME": str(scratch / "cache")}
+    return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver"), env=env))
 
 
 def test_two_annotators_and_an_admin_in_a_real_browser(tmp_path):
@@ -419,7 +422,7 @@ def test_two_annotators_and_an_admin_in_a_real_browser(tmp_path):
     store.engine.dispose()
     shots = Path(os.environ.get("SAFEALIGN_SCREENSHOTS", tmp_path))
     proc, url = _serve(db)
-    driver = _chrome()
+    driver = _chrome(tmp_path / "browser")
     wait = WebDriverWait(driver, 15)
 
     def login(name: str) -> None:
