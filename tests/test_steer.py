@@ -226,3 +226,19 @@ def test_build_janus_and_eval_steer_and_adherence_cli(tmp_path):
     metrics = json.loads((tmp_path / "adh/metrics.json").read_text())
     assert metrics["messages"] == 6 and 0 <= metrics["adherence"] <= 1  # the six checkable held-out messages
     assert metrics["per_message"]["test-refusal"]["answers"] == 2
+
+
+def test_label_attributes_with_an_attribute_model(tmp_path):
+    from safealign.data.records import ATTRIBUTES
+    from safealign.models.score import ScoreModel, load_score_tokenizer
+
+    policy = tiny_llama(tmp_path / "policy")
+    ScoreModel.from_base(policy, len(ATTRIBUTES), list(ATTRIBUTES), kind="attributes").save_pretrained(
+        tmp_path / "attr", load_score_tokenizer(policy))
+    out = tmp_path / "attrs.jsonl"
+    proc = run_cli("label", "attributes", "--data", str(V1), "--to", str(out), "--model", str(tmp_path / "attr"),
+                   "--limit", "6", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 6 and all(0 <= r["correctness"] <= 4 for r in rows)
+    assert rows[0]["meta"]["attributes_from"]["correctness"] == f"model {tmp_path / 'attr'}"

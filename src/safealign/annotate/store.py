@@ -258,15 +258,22 @@ class Store:
         with self.transaction() as s:
             return s.get(Item, item_id)
 
-    def next_item(self, user: CurrentUser, candidates: int = 64) -> Item | None:
-        """The user's next item, held for them: one they have not answered (or skipped) whose answers plus other
-        annotators' live reservations are fewer than `overlap`; the one they hold already, else the fullest first."""
+    def _open_items(self, user: CurrentUser, column: Any) -> tuple[Any, Any]:
+        """SELECT `column` over the items open to `user` (not answered or skipped by them, fewer than `overlap` answers),
+        and the items' answer-count expression."""
         mine = select(Answer.item_id).where(Answer.user_id == user.id)
         counts = (select(Answer.item_id, func.count().label("n")).where(Answer.status != "skipped")
                   .group_by(Answer.item_id).subquery())
-        n = func.coalesce(counts.c.n, 0)
-        query = (select(Item.id, n).outerjoin(counts, counts.c.item_id == Item.id)
-                 .where(Item.id.not_in(mine), n < self.overlap).order_by(n.desc(), Item.id).limit(candidates))
+        answered = func.coalesce(counts.c.n, 0)
+        query = (select(column).select_from(Item).outerjoin(counts, counts.c.item_id == Item.id)
+                 .where(Item.id.not_in(mine), answered < self.overlap))
+        return query, answered
+
+    def next_item(self, user: CurrentUser, candidates: int = 64) -> Item | None:
+        """The user's next item, held for them: one they have not answered (or skipped) whose answers plus other
+        annotators' live reservations are fewer than `overlap`; the one they hold already, else the fullest first."""
+        query, answered = self._open_items(user, Item.id)
+        query = query.add_columns(answered).order_by(answered.desc(), Item.id).limit(candidates)
         # The read and the reservation under one lock that `release` (after each answer's commit) takes too:
         # no choice is made from counts older than a reservation already dropped.
         with self.transaction() as s, self._lock:
@@ -302,11 +309,7 @@ class Store:
         """(items this user has done, items this user could still get + done)."""
         with self.transaction() as s:
             done = s.scalar(select(func.count()).select_from(Answer).where(Answer.user_id == user.id)) or 0
-            mine = select(Answer.item_id).where(Answer.user_id == user.id)
-            counts = (select(Answer.item_id, func.count().label("n")).where(Answer.status != "skipped")
-                      .group_by(Answer.item_id).subquery())
-            open_ = s.scalar(select(func.count()).select_from(Item).outerjoin(counts, counts.c.item_id == Item.id)
-                             .where(Item.id.not_in(mine), func.coalesce(counts.c.n, 0) < self.overlap)) or 0
+            open_ = s.scalar(self._open_items(user, func.count())[0]) or 0
             return done, done + open_
 
     def submit(self, user: CurrentUser, item_id: int, status: str, labels: Any = None, comment: str | None = None,

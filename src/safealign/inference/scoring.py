@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +14,27 @@ from safealign.models.template import encode_dialogue
 
 
 @torch.no_grad()
-def score_texts(model: Any, sequences: list[list[int]], pad_id: int, batch_size: int = 16) -> list[float]:
-    """First score of every token sequence, batched by length for little padding."""
+def score_rows(model: Any, sequences: list[list[int]], pad_id: int, batch_size: int = 16,
+               on_batch: Callable[[int], None] | None = None) -> list[list[float]]:
+    """Every score head of every token sequence, batched by length for little padding; `on_batch(n)` after each batch."""
     model.eval()
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    scores = [0.0] * len(sequences)
+    rows: list[list[float]] = [[] for _ in sequences]
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         ids, mask = pad([sequences[i] for i in chunk], pad_id)
-        values = model.score(ids.to(device), mask.to(device))[:, 0].float().tolist()
+        values = model.score(ids.to(device), mask.to(device)).float().tolist()  # size = (B, heads)
         for i, value in zip(chunk, values):
-            scores[i] = value
-    return scores
+            rows[i] = value
+        if on_batch is not None:
+            on_batch(len(chunk))
+    return rows
+
+
+def score_texts(model: Any, sequences: list[list[int]], pad_id: int, batch_size: int = 16) -> list[float]:
+    """First score of every token sequence (a reward or cost), batched by length."""
+    return [row[0] for row in score_rows(model, sequences, pad_id, batch_size)]
 
 
 class ModelScorer:

@@ -162,31 +162,21 @@ def run_label_attributes(cfg: LabelAttributesConfig) -> dict[str, Any]:
 
 
 def _attribute_predictor(cfg: LabelAttributesConfig, device: Any) -> Any:
-    """(dialogues, responses) → the attribute model's five values per response, batched by length with a progress bar."""
-    import torch
+    """(dialogues, responses) → the attribute model's five values per response, batched by length, with a progress bar."""
     from rich.progress import Progress
 
-    from safealign.inference.batching import pad
+    from safealign.inference.scoring import score_rows
     from safealign.models.score import ScoreModel, load_score_tokenizer
     from safealign.models.template import encode_dialogue
 
     model = ScoreModel.from_pretrained(cfg.model).eval().requires_grad_(False).to(device)
     tokenizer = load_score_tokenizer(cfg.model)
 
-    @torch.no_grad()
     def predict(dialogues: list[list[dict[str, str]]], responses: list[str]) -> list[list[float]]:
         sequences = [encode_dialogue(tokenizer, d, r, cfg.max_length) for d, r in zip(dialogues, responses)]
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-        out: list[list[float]] = [[] for _ in sequences]
         with Progress(transient=True) as progress:
-            task = progress.add_task("attributes", total=len(order))
-            for start in range(0, len(order), cfg.batch_size):
-                chunk = order[start : start + cfg.batch_size]
-                ids, mask = pad([sequences[i] for i in chunk], tokenizer.pad_token_id)
-                values = model.score(ids.to(device), mask.to(device)).float().tolist()  # size = (B, 5)
-                for i, v in zip(chunk, values):
-                    out[i] = v
-                progress.advance(task, len(chunk))
-        return out
+            task = progress.add_task("attributes", total=len(sequences))
+            return score_rows(model, sequences, tokenizer.pad_token_id, cfg.batch_size,
+                              on_batch=lambda n: progress.advance(task, n))  # size = (N, 5)
 
     return predict
