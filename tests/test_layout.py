@@ -18,10 +18,11 @@ ALLOWED: dict[str, set[str] | None] = {
     "config": set(),
     "train": {"data", "models", "inference", "losses", "config"},
     "moderation": {"data", "models", "inference", "losses", "config", "train"},
-    "evaluate": {"data", "models", "inference", "config", "moderation"},
+    "evaluate": {"data", "models", "inference", "config", "moderation", "reasoning"},
     "audit": {"data", "models"},
     "annotate": {"data", "models", "inference", "moderation", "config"},
     "steer": {"data", "models", "inference", "config", "evaluate", "moderation"},
+    "reasoning": {"data", "models", "inference", "config", "train"},
 }
 
 

@@ -13,6 +13,7 @@ from safealign.cli import guard as guard_cli
 from safealign.cli import label as label_cli
 from safealign.cli import models as models_cli
 from safealign.cli import moderate as moderate_cli
+from safealign.cli import reason as reason_cli
 from safealign.cli import serve as serve_cli
 from safealign.cli import train as train_cli
 from safealign.cli.run import report, run
@@ -32,6 +33,7 @@ app.add_typer(label_cli.app, name="label", help="Label data with models or measu
 app.add_typer(models_cli.app, name="models", help="Install and resolve offline models.")
 app.add_typer(train_cli.app, name="train", help="Train score models (reward, cost, attributes) and policies (SFT, DPO, PPO, PPO-Lagrangian).")
 app.add_typer(evaluate_cli.app, name="eval", help="Evaluate score models, moderators and policies.")
+app.add_typer(reason_cli.app, name="reason", help="ActivationReasoning: SAE concepts in the activations, rules over them, steering.")
 app.add_typer(serve_cli.app, name="serve", help="Serve models over HTTP (moderation: OpenAI-compatible /v1/moderations).")
 generate_cli.register(app)
 moderate_cli.register(app)

@@ -140,8 +140,11 @@ def print_safety(metrics: dict, title: str) -> None:
     table.add_column("answers", justify="right")
     for column in columns:
         table.add_column(column, justify="right")
+    def cell(value: Any) -> str:  # a number, or an interval [low, high]
+        return f"[{value[0]:.3f}, {value[1]:.3f}]" if isinstance(value, list | tuple) else f"{value:.3f}"
+
     for name, block in [("overall", metrics["overall"]), *metrics["per_category"].items()]:
-        table.add_row(name, str(block["answers"]), *(f"{block[c]:.3f}" for c in columns))
+        table.add_row(name, str(block["answers"]), *(cell(block[c]) if c in block else "-" for c in columns))
     console.print(table)
 
 

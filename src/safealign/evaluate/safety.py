@@ -40,9 +40,20 @@ def evaluate_safety(
     cost: ModelScorer | None = None,
     batch_size: int = 8,
     condition: Callable[[Record], Record] | None = None,
+    reasoner: Any = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(metrics, one row per prompt with the answer, verdict and scores); `condition` changes what the policy reads, not what is judged."""
-    answers = [answer for _, answer in generate_answers(policy, tokenizer, records, settings, batch_size, condition=condition)]
+    """(metrics, one row per prompt with the answer, verdict and scores); `condition` changes what the policy reads, not what is judged.
+
+    `reasoner`: an `ActivationReasoner` that answers instead (concepts detected, rules applied,
+    steered where they say so); each row then says which targets steered it, and the metrics
+    count the steered answers.
+    """
+    steered: list[list[str]] | None = None
+    if reasoner is not None:
+        reasoned = reasoner.answers(records, settings, batch_size, condition)
+        answers, steered = [r.answer for r in reasoned], [r.steered for r in reasoned]
+    else:
+        answers = [answer for _, answer in generate_answers(policy, tokenizer, records, settings, batch_size, condition=condition)]
     dialogues = [dialogue(r) for r in records]
     verdicts = moderator.predict(dialogues, answers)
     rewards = reward(dialogues, answers, []).tolist() if reward is not None else None
@@ -55,6 +66,7 @@ def evaluate_safety(
             "severity": verdict.severity, "refused": is_refusal(answer),
             "harm_categories": [c for c, on in verdict.categories.items() if on],
             **({"reward": rewards[i]} if rewards else {}), **({"cost": costs[i]} if costs else {}),
+            **({"steered": steered[i]} if steered is not None else {}),
         })
     return summarize(rows), rows
 
@@ -88,6 +100,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if "cost" in items[0]:
             out["mean_cost"] = sum(r["cost"] for r in items) / n
             out["cost_unsafe_rate"] = sum(r["cost"] > 0 for r in items) / n  # DESIGN §2: cost > 0 is unsafe
+        if "steered" in items[0]:
+            out["steered_rate"] = sum(bool(r["steered"]) for r in items) / n  # ActivationReasoning's rules fired
         return out
 
     by_category: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -150,6 +164,10 @@ class SafetyEvalConfig(SamplingSettings, PromptConditioning):
     """Prompts labelled safe (records with is_safe; unlabelled or unsafe ones are left out, counted): their refusal rate is the over-refusal."""
     safe_limit: int | None = None
     """Only the first N safe prompts."""
+    steer_rules: str | None = None
+    """ActivationReasoning on: a rule file (YAML) over the concepts of `concepts`; answers are steered where it concludes steer(target)."""
+    concepts: str | None = None
+    """Concept dictionary folder (`reason concepts`) for `steer_rules`; made for the policy's model and layer."""
 
     def validate(self) -> None:
         """Check settings once, early."""
@@ -162,6 +180,8 @@ class SafetyEvalConfig(SamplingSettings, PromptConditioning):
         if not self.prompts:
             raise ConfigError("prompts: required")
         validate_device(self.device)
+        if bool(self.steer_rules) != bool(self.concepts):
+            raise ConfigError("steer_rules and concepts: give both (the rules reason over the dictionary's concepts) or neither")
 
 
 def run_safety_eval(cfg: SafetyEvalConfig) -> dict[str, Any]:
@@ -182,15 +202,20 @@ def run_safety_eval(cfg: SafetyEvalConfig) -> dict[str, Any]:
     set_seed(cfg.seed)
     reward = ModelScorer(cfg.reward).to(device) if cfg.reward else None
     cost = ModelScorer(cfg.cost).to(device) if cfg.cost else None
+    reasoner = None
+    if cfg.steer_rules:
+        from safealign.reasoning.reasoner import reasoner_for
+
+        reasoner = reasoner_for(model, tokenizer, cfg.concepts, cfg.steer_rules)
     metrics, rows = evaluate_safety(model, tokenizer, records, judge, cfg.sampling(), reward, cost, cfg.batch_size,
-                                    cfg.conditioning())
+                                    cfg.conditioning(), reasoner)
     if cfg.safe_prompts:
         safe, left_out = labelled_safe(load(cfg.safe_prompts).records)
         safe = safe[: cfg.safe_limit]
         if not safe:
             raise ConfigError(f"safe_prompts: no prompt labelled safe in {', '.join(cfg.safe_prompts)} ({left_out} left out)")
         safe_metrics, safe_rows = evaluate_safety(model, tokenizer, safe, judge, cfg.sampling(), None, None, cfg.batch_size,
-                                                 cfg.conditioning())
+                                                 cfg.conditioning(), reasoner)
         metrics["safe_prompts"] = {**safe_metrics["overall"], "not_labelled_safe": left_out}
         rows += [{**row, "set": "safe_prompts"} for row in safe_rows]
     write_outputs(metrics, rows, Path(cfg.output_dir))

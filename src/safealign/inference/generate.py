@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,19 +22,23 @@ def generate_answers(
     batch_size: int = 8,
     max_prompt_length: int = 512,
     condition: Callable[[Record], Record] | None = None,
+    keys: Sequence[int] | None = None,
 ) -> Iterator[tuple[Record, str]]:
     """(record, answer) for every record, in order; `condition` rewrites what the policy reads (system message, attributes).
 
-    Record i is sampled with `row_seed(settings.seed, i)`: its answer is the same whatever the
-    batch size, and two policies answering the same prompts draw from the same noise.
+    Record i is sampled with `row_seed(settings.seed, keys[i])` (keys default to 0, 1, …): its
+    answer is the same whatever the batch size, and two policies answering the same prompts
+    draw from the same noise. A caller that answers a subset passes the records' own indices.
     """
+    if keys is not None and len(keys) != len(records):
+        raise ValueError(f"{len(keys)} keys for {len(records)} records")
     device = next(model.parameters()).device
     model.eval()
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
         shown = [condition(r) for r in chunk] if condition else chunk
         ids, mask = encode_prompts(tokenizer, [dialogue(r) for r in shown], max_prompt_length)
-        seeds = [row_seed(settings.seed, i) for i in range(start, start + len(chunk))]
+        seeds = [row_seed(settings.seed, keys[i] if keys is not None else i) for i in range(start, start + len(chunk))]
         with torch.no_grad():
             rollout = sample(model, tokenizer, ids.to(device), mask.to(device), settings, seeds)
         yield from zip(chunk, rollout.responses)

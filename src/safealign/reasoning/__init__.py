@@ -1,0 +1,1 @@
+"""ActivationReasoning: concepts in a model's activations (top-k SAE + dictionary), logic over them, steering by rules."""
