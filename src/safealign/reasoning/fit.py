@@ -12,7 +12,6 @@ reach a top k on the validation tokens).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -21,7 +20,7 @@ from torch import Tensor, nn
 
 from safealign.config import ConfigError
 from safealign.data.records import DualPreferencePair, PreferencePair, PromptRecord, Record, dialogue
-from safealign.reasoning.activations import Activations, collect_activations, layer_index
+from safealign.reasoning.activations import Activations, collect_activations, decoder_layers, layer_index
 from safealign.reasoning.concepts import split_of
 from safealign.reasoning.sae import SAEConfig, TopKSAE
 from safealign.train.config import LoopConfig, write_run_config
@@ -87,8 +86,6 @@ class ActivationSettings:
 
 
 def default_layer(model: Any) -> int:
-    from safealign.reasoning.activations import decoder_layers
-
     return len(decoder_layers(model)) // 2
 
 
@@ -163,8 +160,9 @@ def sae_task(sae: TopKSAE, train_values: Tensor, eval_values: Tensor, dead_after
     def summarize(values: dict[str, list[float]]) -> dict[str, float]:
         dead = float((~fired).sum())
         fired.zero_()
-        return {"eval/fve": 1.0 - sum(values["error"]) / max(sum(values["variance"]), 1e-12), "eval/dead_latents": dead,
-                "eval/tokens": float(len(values["error"]))}
+        fve = 1.0 - sum(values["error"]) / max(sum(values["variance"]), 1e-12)
+        sae.cfg.meta.update({"fve": fve, "dead_latents": dead})  # the loop exports after its last evaluation
+        return {"eval/fve": fve, "eval/dead_latents": dead, "eval/tokens": float(len(values["error"]))}
 
     return Task(model=sae, train_examples=[("train", i) for i in range(len(train_values))],
                 eval_examples=[("eval", i) for i in range(len(eval_values))], lengths=[1] * len(train_values),
@@ -179,7 +177,6 @@ def train_sae(cfg: FitSAEConfig) -> dict[str, float]:
     from safealign.data.load import load
     from safealign.inference.generate import load_generator
 
-    cfg.validate()
     if cfg.dry_run:
         return {}
     set_seed(cfg.seed)
@@ -208,8 +205,4 @@ def train_sae(cfg: FitSAEConfig) -> dict[str, float]:
         sae.b_dec.copy_(train_values.median(0).values)
     write_run_config(cfg, "sae")
     dead_after = cfg.dead_after or max(1000, len(train_values) // 10)
-    metrics = train(sae_task(sae, train_values, eval_values, dead_after), cfg)
-    folder = Path(cfg.output_dir) / "model"
-    sae.cfg.meta.update({"fve": metrics.get("eval/fve"), "dead_latents": metrics.get("eval/dead_latents")})
-    sae.save(folder)
-    return metrics
+    return train(sae_task(sae, train_values, eval_values, dead_after), cfg)

@@ -256,10 +256,6 @@ class Inference:
     passes: int = 0
     world: World = "closed"
 
-    def holds(self, atom: str) -> Value:
-        """True or False where known; in the closed world an unknown atom is False, in the open world None."""
-        return self.values.get(atom, None if self.world == "open" else False)
-
     @property
     def steer_targets(self) -> list[str]:
         """The targets of every `steer(target)` that holds, sorted."""

@@ -175,6 +175,8 @@ class ConceptsConfig(ActivationSettings):
 
     sae: str
     """SAE folder (`reason fit-sae` writes OUTPUT_DIR/model); its model and layer are used unless given."""
+    model: str | None = None
+    """The causal LM whose activations are read (default: the model the SAE was trained on)."""
     data: list[str]
     """Labelled records: PATH_OR_NAME[@REV][#SPLIT][:PROPORTION] entries."""
     format: str | None = None
@@ -213,10 +215,11 @@ def run_concepts(cfg: ConceptsConfig) -> dict[str, Any]:
     from safealign.data.load import load
     from safealign.inference.generate import load_generator
 
-    cfg.validate()
     started = time.perf_counter()
     sae = load_sae(cfg.sae)
-    model_name = cfg.model if cfg.model != ActivationSettings.model else sae.cfg.meta.get("model", cfg.model)
+    model_name = cfg.model or sae.cfg.meta.get("model")
+    if not model_name:
+        raise ConfigError(f"model: {cfg.sae} does not say which model it reads; give --model")
     layer = cfg.layer if cfg.layer is not None else sae.cfg.meta.get("layer")
     if layer is None:
         raise ConfigError(f"layer: {cfg.sae} does not say which layer it reads; give --layer")
@@ -286,7 +289,6 @@ class DetectConfig:
 def run_detect(cfg: DetectConfig) -> dict[str, Any]:
     from safealign.data.load import load
 
-    cfg.validate()
     reasoner = load_reasoner(cfg.concepts, cfg.rules, cfg.device)
     records = load(cfg.data, cfg.format).records[: cfg.limit]
     convs, owners = conversations(records)
@@ -357,7 +359,6 @@ def run_reason_generate(cfg: ReasonGenerateConfig) -> dict[str, Any]:
 
     from safealign.data.load import load
 
-    cfg.validate()
     records = load(cfg.prompts, cfg.format).records[: cfg.limit]
     reasoner = load_reasoner(cfg.concepts, cfg.rules, cfg.device, cfg.model)
     set_seed(cfg.seed)

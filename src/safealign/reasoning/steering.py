@@ -25,8 +25,13 @@ from safealign.reasoning.activations import ResidualHook
 def norm_scaled(vectors: Tensor) -> Any:
     """The hook's delta: h ↦ ‖h‖ · vectors[row] (vectors size = (B, D), or (D,) for every row)."""
 
+    placed: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
     def delta(hidden: Tensor) -> Tensor:
-        v = vectors.to(hidden.dtype).to(hidden.device)
+        key = (hidden.dtype, hidden.device)
+        if key not in placed:
+            placed[key] = vectors.to(device=hidden.device, dtype=hidden.dtype)
+        v = placed[key]
         if v.dim() == 1:
             v = v.expand(hidden.size(0), -1)
         if v.size(0) != hidden.size(0):
