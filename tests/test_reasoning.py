@@ -16,10 +16,12 @@ from safealign.reasoning.activations import ResidualHook, collect_activations, r
 from safealign.reasoning.concepts import (
     Concept,
     ConceptDictionary,
+    ConceptError,
     best_threshold,
     detection_metrics,
     fit_concept,
     load_dictionary,
+    separation,
     split_of,
     tree_score,
 )
@@ -308,7 +310,15 @@ def test_concepts_pick_their_latents_and_need_a_tree_for_an_exception():
     assert one.latents[0] == 5 and one.weights[0] > 0.8 and one.test["f1"] == 1.0
     conj = fit_concept("conj", "prompt", pooled, both, split, "auto")
     assert conj.method == "tree" and conj.test["f1"] > 0.95
-    assert fit_concept("conj", "prompt", pooled, both, split, "diff").test["balanced_accuracy"] < 0.8
+    # diff can only say "latent 7": TPR 1, TNR P(~a) / P(~(a & ~b)) = 2/3, balanced ≈ 0.83 by hand
+    assert fit_concept("conj", "prompt", pooled, both, split, "diff").test["balanced_accuracy"] < 0.86
+    # a latent that fires on 3 positives only has a huge standardised difference but separates almost nothing
+    rare = pooled.clone()
+    rare[:, 11] = 0.0
+    rare[torch.from_numpy(np.flatnonzero(single & (split == "train"))[:3]), 11] = 5.0
+    picked = fit_concept("one", "prompt", rare, single, split, "diff", latents=1)
+    assert picked.latents == [5] and picked.validation["balanced_accuracy"] == 1.0
+    assert separation(np.array([[0.0], [1.0], [1.0], [2.0]]), np.array([0, 1, 0, 1])).tolist() == [0.375]  # AUC 7/8 by hand
     tree = {"feature": [0, -2, -2], "threshold": [0.5, 0, 0], "left": [1, -1, -1], "right": [2, -1, -1], "value": [0.5, 0.0, 1.0]}
     assert tree_score(tree, np.array([[0.2], [0.9]])).tolist() == [0.0, 1.0]
 
@@ -402,14 +412,40 @@ def test_reason_concepts_cli(cli_setup):
     sae = TopKSAE(SAEConfig(d_in=32, num_latents=64, k=8, meta={"model": str(folder), "layer": 1}))
     sae.save(root / "sae-for-concepts")
     proc = run_cli("reason", "concepts", "--sae", str(root / "sae-for-concepts"), "--data", str(prompts),
-                   "--min-positives", "3", "--validation", "0.3", "--test", "0.3", "--cache-dir", "none", "--out", str(root / "c"))
+                   "--min-positives", "3", "--validation", "0.3", "--test", "0.3", "--cache-dir", "none", "--out", str(root / "c"),
+                   "--min-balanced-accuracy", "0")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((root / "c" / "report.json").read_text())
     assert set(report["concepts"]) == {"unsafe_request", "drug_abuse_weapons_banned_substance"}
     row = report["concepts"]["unsafe_request"]
     assert row["scope"] == "prompt" and row["dictionary"]["n"] == row["probe"]["n"] > 0
     assert sum(sum(c) for c in row["counts"].values()) == 48  # every prompt in one split
-    assert set(load_dictionary(root / "c").concepts) == {"unsafe_request", "drug_abuse_weapons_banned_substance"}
+    kept = load_dictionary(root / "c").concepts
+    assert set(kept) == {"unsafe_request", "drug_abuse_weapons_banned_substance"}
+
+
+def test_concepts_below_the_balanced_accuracy_floor_are_left_out(cli_setup, monkeypatch):
+    from safealign.reasoning import reasoner as reasoner_module
+    from safealign.reasoning.reasoner import ConceptsConfig, run_concepts
+
+    root, folder, prompts = cli_setup
+    TopKSAE(SAEConfig(d_in=32, num_latents=64, k=8, meta={"model": str(folder), "layer": 1})).save(root / "sae-floor")
+    real = reasoner_module.fit_concept
+
+    def weak_unsafe(name, *args, **kwargs):  # the real fit, with the validation figure a weak concept would have
+        concept = real(name, *args, **kwargs)
+        concept.validation = {**concept.validation, "balanced_accuracy": 0.55 if name == "unsafe_request" else 0.9}
+        return concept
+
+    monkeypatch.setattr(reasoner_module, "fit_concept", weak_unsafe)
+    cfg = ConceptsConfig(sae=str(root / "sae-floor"), data=[str(prompts)], min_positives=3, validation=0.3, test=0.3,
+                         cache_dir="none", out=str(root / "floor"), device="cpu")
+    report = run_concepts(cfg)  # the default floor, 0.6
+    assert set(report["concepts"]) == {"drug_abuse_weapons_banned_substance"}
+    assert report["skipped"]["unsafe_request"]["validation_balanced_accuracy"] == 0.55
+    cfg.min_balanced_accuracy, cfg.out = 0.95, str(root / "floor2")
+    with pytest.raises(ConceptError, match="validation balanced accuracy of 0.95"):
+        run_concepts(cfg)
 
 
 def test_reason_detect_cli(cli_setup):

@@ -1,4 +1,7 @@
-"""`safealign reason fit-sae | concepts | detect | generate`: ActivationReasoning (fields: the configs in `safealign.reasoning`)."""
+"""`safealign reason fit-sae | concepts | detect | generate | prontoqa`: ActivationReasoning.
+
+Fields: the configs in `safealign.reasoning`.
+"""
 
 from __future__ import annotations
 
@@ -64,6 +67,27 @@ def generate(cfg: Any) -> None:
     console.print(f"{done['answers']} answer(s), {done['steered']} steered, {done['seconds']:.1f} s; wrote {done['out']}")
 
 
+def prontoqa(cfg: Any) -> None:
+    from rich.table import Table
+
+    from safealign.reasoning.prontoqa import run_prontoqa
+
+    quiet_transformers()
+    done = run_prontoqa(cfg)
+    answerers = [k for k in next(iter(done["accuracy"].values())) if k != "n"]
+    table = Table(title=f"PrOntoQA accuracy by hops → {done['out']}")
+    for column in ("hops", "problems", *answerers):
+        table.add_column(column)
+    for hops, row in done["accuracy"].items():
+        table.add_row(hops, str(row["n"]), *(f"{row[a]:.3f}" for a in answerers))
+    console.print(table)
+    console.print(f"unanswered by the reasoner (the theory leaves the query unknown): {done['unanswered']}")
+    if done["activation_reasoning"]:
+        ar = done["activation_reasoning"]
+        console.print(f"activation reasoning: {len(ar['types'])} type concepts fitted on {ar['fit_examples']} in-context facts; "
+                      f"the entity's type detected exactly in {ar['type_detection_exact']:.3f} of the problems")
+
+
 config_command(app, "fit-sae", "safealign.reasoning.fit:FitSAEConfig", fit_sae,
                "Train a top-k sparse autoencoder on one layer's residual stream (activations recorded and cached).",
                {"out": "output_dir"})
@@ -73,3 +97,5 @@ config_command(app, "detect", "safealign.reasoning.reasoner:DetectConfig", detec
                "Detect concepts in conversations (and, with --rules, what follows from them, with proofs).")
 config_command(app, "generate", "safealign.reasoning.reasoner:ReasonGenerateConfig", generate,
                "Answer prompts with ActivationReasoning: detect, apply the rules, steer where they conclude steer(target).")
+config_command(app, "prontoqa", "safealign.reasoning.prontoqa:ProntoQAConfig", prontoqa,
+               "Answer PrOntoQA problems with the rule engine (the theory's sentences as rules), and with --model the model alone.")

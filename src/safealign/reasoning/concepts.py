@@ -5,12 +5,13 @@ A *concept* is a name (a harm category, `unsafe`, `refusal`, a PrOntoQA property
 conversations. Each conversation's feature vector is the SAE code max-pooled over the tokens
 of the scope (a latent's strongest firing there).
 
-- `diff` (the default): the `latents` latents with the largest standardised activation
-  difference between positives and negatives on the training split,
-  (mean₊ − mean₋) / std, weighted by that difference (weights sum to 1); the score is the
+- `diff` (the default): up to `latents` latents that best separate positives from negatives
+  on the training split by AUC − ½ (`separation`, a rank statistic: a latent firing on a
+  handful of positives only does not win on its tiny spread), each at least a quarter as
+  separating as the best, weighted by (AUC − ½) / std (weights sum to 1); the score is the
   weighted sum of their pooled activations.
 - `tree`: a small decision tree (depth ≤ 3, class-balanced) on the 32 latents with the
-  largest |difference|, for concepts that need several latents together; the score is the
+  largest |AUC − ½|, for concepts that need several latents together; the score is the
   leaf's positive share.
 - `auto` fits both and keeps the one with the higher balanced accuracy on the validation split.
 
@@ -169,6 +170,21 @@ def _fit_tree(x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, list[Any]]:
             "right": t.children_right.tolist(), "value": share.tolist()}
 
 
+def separation(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """AUC − ½ of each column for telling positives from negatives (Mann–Whitney, ties shared), size = (L,).
+
+    A rank statistic, so a latent that fires on a handful of positives and nothing else
+    scores about (handful / positives) / 2, not the large standardised difference its tiny
+    spread would give it: the chosen latents are the ones that separate most of the class.
+    """
+    from scipy.stats import rankdata
+
+    labels = labels.astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    ranks = rankdata(x, axis=0)
+    return (ranks[labels].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg) - 0.5
+
+
 def fit_concept(name: str, scope: str, pooled: Tensor, labels: np.ndarray, split: np.ndarray,
                 method: Method = "auto", latents: int = 8, seed: int = 0) -> Concept:
     """One concept from pooled codes (R, L), labels (R,) bool and the split of each row ('train'/'validation'/'test')."""
@@ -180,17 +196,17 @@ def fit_concept(name: str, scope: str, pooled: Tensor, labels: np.ndarray, split
         if labels[mask].all() or not labels[mask].any():
             raise ConceptError(f"{name}: the {part} split needs positives and negatives "
                                f"({int(labels[mask].sum())} of {int(mask.sum())} positive)")
-    pos, neg = x[train & labels], x[train & ~labels]
-    spread = x[train].std(0) + 1e-6
-    difference = (pos.mean(0) - neg.mean(0)) / spread
-    chosen = [int(i) for i in np.argsort(-difference)[:latents] if difference[i] > 0] or [int(np.argmax(difference))]
-    weights = difference[chosen].clip(min=1e-6)
+    effect = separation(x[train], labels[train])
+    best = float(effect.max())  # up to `latents` latents, each separating at least a quarter as well as the best
+    chosen = [int(i) for i in np.argsort(-effect)[:latents] if effect[i] > 0 and effect[i] >= best / 4] or [int(np.argmax(effect))]
+    spread = x[train][:, chosen].std(0) + 1e-6
+    weights = effect[chosen].clip(min=1e-6) / spread  # on standardised codes: a latent's scale does not set its say
     weights = (weights / weights.sum()).tolist()
     diff = Concept(name, scope, "diff", chosen, weights, 0.0)
     diff.threshold, balanced = best_threshold(diff.score(pooled).numpy()[val], labels[val])
     candidates = [(balanced, 1, diff)]
     if method in ("tree", "auto"):
-        wide = [int(i) for i in np.argsort(-np.abs(difference))[:32]]
+        wide = [int(i) for i in np.argsort(-np.abs(effect))[:32]]
         tree = Concept(name, scope, "tree", chosen, weights, 0.0, _fit_tree(x[train][:, wide], labels[train], seed), wide)
         tree.threshold, tree_balanced = best_threshold(tree.score(pooled).numpy()[val], labels[val])
         candidates.append((tree_balanced, 0, tree))

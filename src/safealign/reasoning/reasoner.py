@@ -184,11 +184,13 @@ class ConceptsConfig(ActivationSettings):
     labels: list[str] = field(default_factory=lambda: list(LABELS))
     """Which labels become concepts: categories, unsafe, refusal."""
     method: Literal["diff", "tree", "auto"] = "auto"
-    """Latent selection: diff (top latents by activation difference), tree (a small decision tree), auto (the better on validation)."""
+    """Latent selection: diff (the latents that separate best, by AUC), tree (a small decision tree), auto (the better on validation)."""
     latents: int = 8
     """Latents per concept (diff selection and steering direction)."""
     min_positives: int = 10
     """Concepts with fewer positives (or negatives) in training or validation are left out, and reported."""
+    min_balanced_accuracy: float = 0.6
+    """Concepts detected no better than this on validation are left out, and reported (one that fires on everything steers everything)."""
     validation: float = 0.2
     """Share of prompts for choosing thresholds and methods."""
     test: float = 0.2
@@ -204,6 +206,8 @@ class ConceptsConfig(ActivationSettings):
         unknown = set(self.labels) - set(LABELS)
         if unknown or not self.labels:
             raise ConfigError(f"labels: some of {', '.join(LABELS)}; got {self.labels}")
+        if not 0 <= self.min_balanced_accuracy <= 1:
+            raise ConfigError(f"min_balanced_accuracy: must be in [0, 1], got {self.min_balanced_accuracy}")
         if not 0 < self.validation < 1 or not 0 <= self.test < 1 or self.validation + self.test >= 1:
             raise ConfigError(f"validation ({self.validation}) and test ({self.test}): shares that leave a training split")
         at_least_one(self, "latents", "min_positives", "limit")
@@ -246,11 +250,15 @@ def run_concepts(cfg: ConceptsConfig) -> dict[str, Any]:
             pooled[scope], means[scope] = pooled_codes(sae, acts, scope), mean_pooled(acts, scope)
         rows = np.nonzero(labelled)[0]
         concept = fit_concept(name, scope, pooled[scope][rows], y[rows], split[rows], cfg.method, cfg.latents, cfg.seed)
+        if concept.validation["balanced_accuracy"] < cfg.min_balanced_accuracy:
+            skipped[name] = {**counts, "validation_balanced_accuracy": concept.validation["balanced_accuracy"]}
+            continue
         concepts[name] = concept
         report[name] = {"scope": scope, "method": concept.method, "counts": counts, "dictionary": concept.test,
                         "probe": fit_probe(means[scope][rows], y[rows], split[rows], cfg.seed)["test"]}
     if not concepts:
-        raise ConceptError(f"no concept had {cfg.min_positives} positives and negatives in training and validation: {skipped}")
+        raise ConceptError(f"no concept had {cfg.min_positives} positives and negatives in training and validation "
+                           f"and a validation balanced accuracy of {cfg.min_balanced_accuracy}: {skipped}")
     dictionary = ConceptDictionary(sae, concepts, model_name, int(layer),
                                    {"data": cfg.data, "labels": cfg.labels, "split": {"validation": cfg.validation, "test": cfg.test,
                                                                                        "seed": cfg.seed}})
