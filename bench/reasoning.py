@@ -17,8 +17,8 @@ Everything goes through safealign's own paths (`train_sae`, `run_concepts`, `rea
   harmful, `--per-category` of each of the 14 categories; never seen by the SAE or the
   dictionary) and on held-out BeaverTails prompts (the dictionary's test split, safe and
   unsafe). Figures: refusal rate (an answer opening with a refusal phrase), the unsafe rate
-  by a MiniLM moderator trained here on `--moderator-pairs` realign pairs not used above (other prompts) and
-  BeaverTails unsafe QA (its validation accuracy printed beside: a weak judge is shown as
+  by a MiniLM moderator trained here on `--moderator-pairs` realign pairs and the BeaverTails
+  unsafe QA, none with a prompt the SAE, the dictionary or the evaluation sees (its validation accuracy printed beside: a weak judge is shown as
   one), distinct word bigrams (answers that loop score low) and the share of prompts the
   rules steered.
 - **PrOntoQA** (3–5 hops), accuracy by hop count: the reasoner reading the whole problem as
@@ -76,14 +76,18 @@ def data_files(root: Path, scratch: Path, args: argparse.Namespace) -> tuple[lis
     """The SAE's data (prompt labels, the first `--pairs` realign pairs), the dictionary's (the same, and the
     BeaverTails-Evaluation prompts the evaluation does not use, labelled unsafe with their category), and the
     moderator's realign pairs (after `--pairs`, other prompts)."""
-    write_records(load(str(root / PROMPTS)).records[: args.prompts], scratch / "prompts.jsonl")
+    labelled = load(str(root / PROMPTS)).records[: args.prompts]
+    write_records(labelled, scratch / "prompts.jsonl")
     realign = load(str(root / REALIGN)).records
     used = realign[: args.pairs]
-    prompts = {r.prompt for r in used}
-    rest = [r for r in realign[args.pairs :] if r.prompt not in prompts][: args.moderator_pairs]
+    evaluated, harmful_rest = harmful_prompts(root, args.per_category)
+    # the judge sees no prompt the SAE, the dictionary or the evaluation sees
+    seen = {r.prompt for r in [*used, *labelled, *evaluated, *harmful_rest]}
+    rest = [r for r in realign[args.pairs :] if r.prompt not in seen][: args.moderator_pairs]
+    unsafe_qa = [r for r in load(str(root / UNSAFE_QA)).records if r.prompt not in seen]
     write_records(used, scratch / "realign_used.jsonl")
     write_records(rest, scratch / "realign_rest.jsonl")
-    _, harmful_rest = harmful_prompts(root, args.per_category)
+    write_records(unsafe_qa, scratch / "unsafe_qa_rest.jsonl")
     write_records([dataclasses.replace(r, is_safe=False, harm_categories=(r.category,) if r.category else ()) for r in harmful_rest],
                   scratch / "harmful_rest.jsonl")
     sae_data = [str(scratch / "prompts.jsonl"), str(scratch / "realign_used.jsonl")]
@@ -139,7 +143,8 @@ def moderator(args: argparse.Namespace, root: Path, rest: Path, scratch: Path) -
     from safealign.moderation.model import Moderator
     from safealign.moderation.train import ModerationConfig, train_moderator
 
-    cfg = ModerationConfig(model="minilm", backend="embedding", data=[str(rest), str(root / UNSAFE_QA)], validation_split=0.1,
+    cfg = ModerationConfig(model="minilm", backend="embedding", data=[str(rest), str(scratch / "unsafe_qa_rest.jsonl")],
+                           validation_split=0.1,
                            output_dir=str(scratch / "moderator"), max_steps=args.moderation_steps, per_device_batch_size=32,
                            learning_rate=5e-3, max_length=256, eval_every=0, save_every=0, num_threads=args.threads,
                            seed=args.seed)
@@ -154,6 +159,7 @@ def evaluation_sets(root: Path, per_category: int, held_out: int, seed: int) -> 
 
     test = [r for r in load(str(root / PROMPTS)).records
             if split_of(r.prompt, SPLIT["validation"], SPLIT["test"], seed) == "test"]
+    test = list({r.prompt: r for r in test}.values())  # a prompt listed twice is answered once
     return {"beavertails_eval": harmful_prompts(root, per_category)[0],
             "held_out_unsafe": [r for r in test if r.is_safe is False][:held_out],
             "held_out_safe": [r for r in test if r.is_safe is True][:held_out]}
@@ -263,6 +269,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(args.keep or tmp)
         scratch.mkdir(parents=True, exist_ok=True)
+        same_data = {k: getattr(args, k) for k in ("data_root", "pairs", "prompts", "per_category", "moderator_pairs",
+                                                    "max_answer_tokens", "seed")}
+        stamp = scratch / "bench_args.json"
+        if stamp.exists() and json.loads(stamp.read_text()) != same_data:  # a kept folder's splits must still hold
+            raise SystemExit(f"{scratch} was made with {stamp.read_text()}; these arguments differ: {same_data}. "
+                             "Use another --keep folder.")
+        stamp.write_text(json.dumps(same_data))
         if only & {"sae", "concepts", "steer"}:
             sae_data, concept_data, rest = data_files(root, scratch, args)
             if "sae" in only:
@@ -278,7 +291,8 @@ def main() -> None:
                     print(f"{name:44} {c['scope']:7} {c['method']:6} {c['test_positives']:>4}/{c['test_negatives']:<4} "
                           f"{_f(c['dictionary_f1']):>8} {_f(c['probe_f1']):>8} {_f(c['dictionary_balanced']):>8} "
                           f"{_f(c['probe_balanced']):>9}")
-                print(f"  skipped (too few examples): {', '.join(results['concepts']['skipped']) or 'none'}", flush=True)
+                print(f"  left out (too few examples, or validation balanced accuracy under 0.6): "
+                      f"{', '.join(results['concepts']['skipped']) or 'none'}", flush=True)
             if "steer" in only:
                 results["steer"] = st = bench_steer(args, root, rest, scratch)
                 m = st["moderator"]

@@ -10,6 +10,7 @@ import torch
 from safealign.reasoning.prontoqa import (
     Problem,
     ProntoQAError,
+    fact_of,
     few_shot_prompt,
     load_prontoqa,
     model_answer,
@@ -87,6 +88,19 @@ def test_the_file_reader_counts_hops_and_names_bad_items(tmp_path):
     path.write_text(json.dumps(good))
     with pytest.raises(ProntoQAError, match=r"example1.test_example: answer must be 'True' or 'False', got 'Yes'"):
         load_prontoqa(path)
+    for field, value, message in (("question", 7, "question must be text, got int"),
+                                  ("chain_of_thought", [], "chain_of_thought must be a list of 1 \\+ 2·hops steps")):
+        broken = json.loads(json.dumps(good))
+        broken["example1"]["test_example"]["answer"] = "True"
+        broken["example1"]["test_example"][field] = value
+        path.write_text(json.dumps(broken))
+        with pytest.raises(ProntoQAError, match=message):
+            load_prontoqa(path)
+    path.write_text("{}")
+    with pytest.raises(ProntoQAError, match="no problems"):
+        load_prontoqa(path)
+    with pytest.raises(ProntoQAError, match="one positive fact"):
+        fact_of("Every cat is red. Max is not a cat.")
     del good["example1"]["test_example"]["query"]
     path.write_text(json.dumps(good))
     with pytest.raises(ProntoQAError, match="example1: missing field 'query'"):
@@ -94,16 +108,19 @@ def test_the_file_reader_counts_hops_and_names_bad_items(tmp_path):
 
 
 class _Scripted(torch.nn.Module):
-    """A 'model' whose next-token logits favour one token id everywhere."""
+    """A 'model' whose next-token logits favour one token id everywhere, or (chain) the id after the current one."""
 
-    def __init__(self, favoured: int, vocab: int = 64) -> None:
+    def __init__(self, favoured: int | None = None, vocab: int = 64) -> None:
         super().__init__()
         self.favoured, self.vocab = favoured, vocab
         self.device = torch.device("cpu")
 
     def forward(self, ids, **_):
         logits = torch.zeros(ids.size(0), ids.size(1), self.vocab)
-        logits[..., self.favoured] = 5.0
+        if self.favoured is None:
+            logits.scatter_(-1, ((ids + 1) % self.vocab).unsqueeze(-1), 5.0)
+        else:
+            logits[..., self.favoured] = 5.0
         return type("Out", (), {"logits": logits})()
 
 
@@ -125,6 +142,11 @@ def test_the_model_baseline_compares_true_with_false():
     multi = _Tok({" True": [7], " False": [9, 9]})
     assert model_answer(_Scripted(9), multi, p, 0) is False
     assert model_answer(_Scripted(7), multi, p, 0) is True
+    # the prompt ends in 3, the chain model favours 4 then 5: " True" = [4, 5] follows it, " False" = [4, 9] breaks at
+    # its second token, so scoring the first token only (a tie) or reading the wrong position would not say True
+    chain = _Tok({" True": [4, 5], " False": [4, 9]})
+    assert model_answer(_Scripted(), chain, p, 0) is True
+    assert model_answer(_Scripted(), _Tok({" True": [4, 9], " False": [4, 5]}), p, 0) is False
 
 
 def test_prontoqa_cli_with_the_model_baseline(tmp_path):
@@ -159,7 +181,7 @@ def test_activation_reasoning_detects_the_type_and_applies_the_rules(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from tiny import tiny_llama
 
-    from safealign.reasoning.prontoqa import activation_reasoning, fact_of, reason_from
+    from safealign.reasoning.prontoqa import activation_reasoning, reason_from
     from safealign.reasoning.sae import SAEConfig, TopKSAE
 
     torch.manual_seed(0)
@@ -173,6 +195,7 @@ def test_activation_reasoning_detects_the_type_and_applies_the_rules(tmp_path):
         return Problem(f"{rules}{name} is a {kind}.", f"True or false: {name} is red.", claim, 1)
 
     shots = tuple((item(f"{n}{k}", kind, True).question, "", True) for n in names for k in "abcdefgh" for kind in ("wumpus", "zumpus"))
+    shots += ((item("Zed", "wumpus", True).question, "", True),)  # a test question among the examples: never fitted on
     problems = [Problem(item("Zed", "wumpus", True).question, "True or false: Zed is red.", True, 1, "p0", shots),
                 Problem(item("Zed", "zumpus", False).question, "True or false: Zed is red.", False, 1, "p1", shots)]
     assert fact_of(problems[0].question) == (rules.strip(), "Zed is a wumpus.", "wumpus")

@@ -156,6 +156,8 @@ def load_prontoqa(path: str | Path) -> list[Problem]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ProntoQAError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise ProntoQAError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise ProntoQAError(f"{path}: {exc.strerror}") from None
     if not isinstance(data, dict):
@@ -165,14 +167,26 @@ def load_prontoqa(path: str | Path) -> list[Problem]:
         where = f"{path}: {key}"
         try:
             test = item["test_example"]
-            shots = tuple((e["question"], e["query"], _answer(e["answer"], f"{where}.{name}"))
+            shots = tuple((_text(e, "question", f"{where}.{name}"), _text(e, "query", f"{where}.{name}"),
+                           _answer(e["answer"], f"{where}.{name}"))
                           for name, e in sorted(item.items()) if name.startswith("in_context_example"))
             chain = test["chain_of_thought"]
-            problems.append(Problem(test["question"], test["query"], _answer(test["answer"], f"{where}.test_example"),
-                                    (len(chain) - 1) // 2, key, shots))
+            if not isinstance(chain, list) or len(chain) % 2 == 0:
+                raise ProntoQAError(f"{where}.test_example: chain_of_thought must be a list of 1 + 2·hops steps, got {chain!r:.80}")
+            problems.append(Problem(_text(test, "question", f"{where}.test_example"), _text(test, "query", f"{where}.test_example"),
+                                    _answer(test["answer"], f"{where}.test_example"), (len(chain) - 1) // 2, key, shots))
         except (KeyError, TypeError) as exc:
             raise ProntoQAError(f"{where}: missing field {exc}") from None
+    if not problems:
+        raise ProntoQAError(f"{path}: no problems")
     return problems
+
+
+def _text(item: dict[str, Any], name: str, where: str) -> str:
+    value = item[name]
+    if not isinstance(value, str):
+        raise ProntoQAError(f"{where}: {name} must be text, got {type(value).__name__}")
+    return value
 
 
 def few_shot_prompt(problem: Problem, shots: int) -> str:
@@ -205,6 +219,8 @@ def fact_of(question: str) -> tuple[str, str, str]:
     _, facts, entity = theory(question)
     sentences = _sentences(question)
     fact = next(s for s in sentences if _FACT.match(s.rstrip(".")) and s.startswith(entity + " "))
+    if len(facts) != 1 or not next(iter(facts.values())):
+        raise ProntoQAError(f"activation reasoning reads one positive fact ('NAME is a TYPE.') per problem: {question!r:.120}")
     return " ".join(s for s in sentences if s != fact), fact, next(iter(facts))
 
 
@@ -246,8 +262,8 @@ def activation_reasoning(model: Any, tokenizer: Any, sae: Any, layer: int, probl
     """AR on PrOntoQA: type concepts fitted on the in-context examples' facts, detected in each test fact, then the rules.
 
     The dictionary never sees a test example: it is fitted on the problems' in-context
-    examples (each fact sentence read after its own theory), split train/validation by
-    theory; the test fact is read after the test theory and its detected types become the
+    examples (each fact sentence read after its own theory; any equal to a test question
+    left out), split train/validation by question; the test fact is read after the test theory and its detected types become the
     entity's facts. Returns the answers, the detected propositions and the dictionary's figures.
     """
     from safealign.reasoning.activations import collect_activations
