@@ -132,13 +132,18 @@ class Reasoned:
         return self.inference.proof(self.atom)
 
 
-def reason(problem: Problem) -> Reasoned:
-    """Forward-chain the theory (open world) and judge the query's claim."""
-    rules, facts, entity = theory(problem.question)
+def reason(problem: Problem, facts: dict[str, bool] | None = None) -> Reasoned:
+    """Forward-chain the theory (open world) and judge the query's claim.
+
+    `facts`: the entity's facts when they come from elsewhere (detected), in place of its
+    fact sentence; only true ones are asserted.
+    """
+    rules, given, entity = theory(problem.question)
     name, atom, claimed = parse_query(problem.query)
     if name != entity:
         raise ProntoQAError(f"the query is about {name}, the theory about {entity}: {problem.query!r}")
-    inference = RuleSet(rules, world="open").infer(facts)
+    asserted = given if facts is None else {k: True for k, v in facts.items() if v}
+    inference = RuleSet(rules, world="open").infer(asserted)
     value = inference.values.get(atom)
     return Reasoned(None if value is None else value == claimed, inference, atom)
 
@@ -246,14 +251,8 @@ def fit_type_concepts(sae: Any, acts: Any, types: list[str], split: np.ndarray, 
 
 
 def reason_from(problem: Problem, facts: dict[str, bool]) -> Reasoned:
-    """`reason` with the entity's facts given (detected), not read from the fact sentence; only true facts are asserted."""
-    rules, _, entity = theory(problem.question)
-    name, atom, claimed = parse_query(problem.query)
-    if name != entity:
-        raise ProntoQAError(f"the query is about {name}, the theory about {entity}: {problem.query!r}")
-    inference = RuleSet(rules, world="open").infer({k: True for k, v in facts.items() if v})
-    value = inference.values.get(atom)
-    return Reasoned(None if value is None else value == claimed, inference, atom)
+    """`reason` with the entity's facts given (detected), not read from the fact sentence."""
+    return reason(problem, facts)
 
 
 def activation_reasoning(model: Any, tokenizer: Any, sae: Any, layer: int, problems: list[Problem],
